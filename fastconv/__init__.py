@@ -1,0 +1,64 @@
+"""fastconv: accelerated 2-D convolution kernels for NumPy neural networks.
+
+Backends (numpy, numba, cupy, or your own) sit behind one registry; see ``fastconv.backends``
+for the contract and ``fastconv._registry`` for how a backend is chosen. Importing fastconv
+imports NumPy and nothing heavier: numba and cupy load on first use of their backend.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastconv._registry import (
+    BackendUnavailableError,
+    get_backend,
+    list_backends,
+    register_backend,
+    set_backend,
+    unregister_backend,
+    use_backend,
+)
+from fastconv.functional import (
+    col2im,
+    conv2d,
+    conv2d_backward,
+    im2col,
+    max_pool2d,
+    max_pool2d_backward,
+    to_device,
+    to_host,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailableError",
+    "col2im",
+    "conv2d",
+    "conv2d_backward",
+    "get_backend",
+    "gradcheck",
+    "im2col",
+    "list_backends",
+    "max_pool2d",
+    "max_pool2d_backward",
+    "register_backend",
+    "set_backend",
+    "to_device",
+    "to_host",
+    "unregister_backend",
+    "use_backend",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # Heavier pieces load on first use, so `import fastconv` stays cheap.
+    if name == "gradcheck":
+        from fastconv.train.gradcheck import gradcheck
+
+        return gradcheck
+    if name == "layers":
+        import fastconv.layers as layers
+
+        return layers
+    raise AttributeError(f"module 'fastconv' has no attribute {name!r}")

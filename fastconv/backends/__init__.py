@@ -1,0 +1,71 @@
+"""The backend contract.
+
+A backend is any object (usually a module) with these attributes. The functional API
+(:mod:`fastconv.functional`) validates every argument once, so a backend receives only
+clean input:
+
+* arrays are C-contiguous, of the backend's array type, and of one compute dtype,
+  ``float32`` or ``float64`` (float16 is computed in float32 by the caller);
+* ``stride``, ``pad`` and ``dilation`` are ``(h, w)`` tuples of Python ints
+  (stride >= 1, pad >= 0, dilation >= 1) and the dilated window fits the padded input;
+* output sizes come from :func:`fastconv._shapes.conv_output_size` (floor mode).
+
+A backend never modifies its inputs and always returns fresh arrays (never views of a
+buffer it reuses). Semantics are cross-correlation, as in the classic layers and PyTorch.
+
+Kernels (shapes use N batch, C channels, F filters, kh/kw kernel, OH/OW output)::
+
+    im2col(x, kh, kw, stride, pad, dilation) -> col
+        x: (N, C, H, W) -> col: (N*OH*OW, C*kh*kw)       (the book's layout)
+        col[(n*OH + oh)*OW + ow, (c*kh + i)*kw + j] = xpad[n, c, oh*sh + i*dh, ow*sw + j*dw]
+    col2im(col, x_shape, kh, kw, stride, pad, dilation) -> dx
+        the adjoint of im2col: dx[n, c, h, w] = sum of the col entries that read x[n, c, h, w]
+    conv2d_forward(x, W, b, stride, pad, dilation) -> y
+        x: (N, C, H, W), W: (F, C, kh, kw), b: (F,) or None -> y: (N, F, OH, OW)
+        y[n, f, oh, ow] = b[f] + sum_{c,i,j} W[f, c, i, j] * xpad[n, c, oh*sh + i*dh, ow*sw + j*dw]
+    conv2d_backward(dout, x, W, stride, pad, dilation, need_dx=True) -> (dx, dW, db)
+        dout: (N, F, OH, OW) -> dx: (N, C, H, W) or None when not need_dx, dW: (F, C, kh, kw), db: (F,)
+    maxpool2d_forward(x, kh, kw, stride, pad, dilation) -> (y, argmax)
+        y: (N, C, OH, OW); padding is -inf; argmax: (N, C, OH, OW) int32 holding the window-local
+        index i*kw + j of the FIRST maximum in row-major window order (NaN counts as the maximum,
+        as in numpy.argmax)
+    maxpool2d_backward(dout, argmax, x_shape, kh, kw, stride, pad, dilation) -> dx
+        dx: (N, C, H, W); each window's gradient goes to the input element its argmax names
+
+Plus:
+
+    name: str                        the registry name
+    xp: module                       the array module (numpy, cupy, ...)
+    owns(array) -> bool              True when ``array`` is this backend's array type
+    to_device(host_array) -> array   copy a NumPy array to this backend's memory
+    to_host(array) -> numpy.ndarray  copy back to a NumPy array
+
+Optional:
+
+    probe() -> str | None            None when usable, else why not (cheap; called once, cached)
+    info() -> dict[str, str]         versions, threads, devices for ``fastconv info``
+    warmup() -> None                 compile every kernel ahead of time (JIT backends)
+"""
+
+from __future__ import annotations
+
+KERNELS = (
+    "im2col",
+    "col2im",
+    "conv2d_forward",
+    "conv2d_backward",
+    "maxpool2d_forward",
+    "maxpool2d_backward",
+)
+REQUIRED = ("name", "xp", "owns", "to_device", "to_host", *KERNELS)
+
+# Built-in backends, as lazy import strings (nothing is imported until a backend is used),
+# with the install hint given when one is unavailable.
+BUILTIN = {
+    "numpy": ("fastconv.backends.numpy_backend", "numpy is a dependency of fastconv"),
+    "numba": ("fastconv.backends.numba_backend", "pip install 'fastconv[numba]'"),
+    "cupy": (
+        "fastconv.backends.cupy_backend",
+        "pip install 'fastconv[cuda12]' on a machine with an NVIDIA GPU and driver",
+    ),
+}

@@ -1,0 +1,177 @@
+"""The NumPy backend: vectorised im2col/col2im, GEMM convolution, max pooling.
+
+Every loop here runs over kernel taps (kh*kw iterations), never over pixels; the work
+inside each iteration is a whole-array NumPy operation. See :mod:`fastconv.backends`
+for the contract these functions implement.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from fastconv._shapes import Pair, conv_output_size
+
+name = "numpy"
+xp = np
+
+
+def owns(array: object) -> bool:
+    return isinstance(array, np.ndarray)
+
+
+def to_device(array: np.ndarray) -> np.ndarray:
+    return np.asarray(array)
+
+
+def to_host(array: np.ndarray) -> np.ndarray:
+    return np.asarray(array)
+
+
+def info() -> dict[str, str]:
+    out = {"numpy": np.__version__}
+    try:
+        from threadpoolctl import threadpool_info
+
+        blas = [
+            f"{p['internal_api']} {p['version']} ({p['num_threads']} threads)"
+            for p in threadpool_info()
+            if p.get("user_api") == "blas"
+        ]
+        out["blas"] = "; ".join(blas) or "unknown"
+    except ImportError:
+        out["blas"] = "unknown (pip install threadpoolctl to see it)"
+    return out
+
+
+def _pad(x: np.ndarray, pad: Pair, value: float = 0.0) -> np.ndarray:
+    ph, pw = pad
+    if ph == 0 and pw == 0:
+        return x
+    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), mode="constant", constant_values=value)
+
+
+def _windows(xpad: np.ndarray, kh: int, kw: int, out_hw: Pair, stride: Pair, dilation: Pair) -> np.ndarray:
+    """Read-only view (N, OH, OW, C, kh, kw): view[n, oh, ow, c, i, j] = xpad[n, c, oh*sh + i*dh, ow*sw + j*dw]."""
+    n, c = xpad.shape[:2]
+    s_n, s_c, s_h, s_w = xpad.strides
+    (oh, ow), (sh, sw), (dh, dw) = out_hw, stride, dilation
+    return as_strided(
+        xpad,
+        shape=(n, oh, ow, c, kh, kw),
+        strides=(s_n, s_h * sh, s_w * sw, s_c, s_h * dh, s_w * dw),
+        writeable=False,
+    )
+
+
+def im2col(x: np.ndarray, kh: int, kw: int, stride: Pair, pad: Pair, dilation: Pair) -> np.ndarray:
+    """x: (N, C, H, W) -> col: (N*OH*OW, C*kh*kw), one copy out of a strided view."""
+    out_hw = conv_output_size(x.shape[2:], (kh, kw), stride, pad, dilation)
+    view = _windows(_pad(x, pad), kh, kw, out_hw, stride, dilation)
+    n, c = x.shape[:2]
+    return np.ascontiguousarray(view).reshape(n * out_hw[0] * out_hw[1], c * kh * kw)
+
+
+def _tap_slices(i: int, j: int, out_hw: Pair, stride: Pair, dilation: Pair) -> tuple[slice, slice]:
+    """Rows/cols of the padded input read by tap (i, j): i*dh + oh*sh for oh in [0, OH)."""
+    (oh, ow), (sh, sw), (dh, dw) = out_hw, stride, dilation
+    return (slice(i * dh, i * dh + sh * (oh - 1) + 1, sh), slice(j * dw, j * dw + sw * (ow - 1) + 1, sw))
+
+
+def _crop(xpad: np.ndarray, pad: Pair) -> np.ndarray:
+    ph, pw = pad
+    h, w = xpad.shape[2] - 2 * ph, xpad.shape[3] - 2 * pw
+    return np.ascontiguousarray(xpad[:, :, ph : ph + h, pw : pw + w])
+
+
+def col2im(
+    col: np.ndarray,
+    x_shape: tuple[int, int, int, int],
+    kh: int,
+    kw: int,
+    stride: Pair,
+    pad: Pair,
+    dilation: Pair,
+) -> np.ndarray:
+    """col: (N*OH*OW, C*kh*kw) -> dx: (N, C, H, W), summing every column entry that read each pixel."""
+    n, c, h, w = x_shape
+    out_hw = conv_output_size((h, w), (kh, kw), stride, pad, dilation)
+    # cols[n, c, i, j, oh, ow] = col[(n*OH + oh)*OW + ow, (c*kh + i)*kw + j]
+    cols = col.reshape(n, out_hw[0], out_hw[1], c, kh, kw).transpose(0, 3, 4, 5, 1, 2)
+    dxpad = np.zeros((n, c, h + 2 * pad[0], w + 2 * pad[1]), dtype=col.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            rows, cols_ = _tap_slices(i, j, out_hw, stride, dilation)
+            dxpad[:, :, rows, cols_] += cols[:, :, i, j]
+    return _crop(dxpad, pad)
+
+
+def conv2d_forward(
+    x: np.ndarray, W: np.ndarray, b: np.ndarray | None, stride: Pair, pad: Pair, dilation: Pair
+) -> np.ndarray:
+    """x: (N, C, H, W), W: (F, C, kh, kw), b: (F,) -> y: (N, F, OH, OW) via col @ W2.T."""
+    n = x.shape[0]
+    f, _, kh, kw = W.shape
+    oh, ow = conv_output_size(x.shape[2:], (kh, kw), stride, pad, dilation)
+    col = im2col(x, kh, kw, stride, pad, dilation)
+    y = col @ W.reshape(f, -1).T  # (N*OH*OW, F)
+    if b is not None:
+        y += b
+    return np.ascontiguousarray(y.reshape(n, oh, ow, f).transpose(0, 3, 1, 2))
+
+
+def conv2d_backward(
+    dout: np.ndarray,
+    x: np.ndarray,
+    W: np.ndarray,
+    stride: Pair,
+    pad: Pair,
+    dilation: Pair,
+    need_dx: bool = True,
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """dout: (N, F, OH, OW) -> dx (N, C, H, W) or None, dW (F, C, kh, kw), db (F,)."""
+    f, _, kh, kw = W.shape
+    db = dout.sum(axis=(0, 2, 3))
+    dout2 = dout.transpose(0, 2, 3, 1).reshape(-1, f)  # (N*OH*OW, F)
+    col = im2col(x, kh, kw, stride, pad, dilation)
+    dW = (dout2.T @ col).reshape(W.shape)
+    dx = None
+    if need_dx:
+        dcol = dout2 @ W.reshape(f, -1)  # (N*OH*OW, C*kh*kw)
+        dx = col2im(dcol, x.shape, kh, kw, stride, pad, dilation)
+    return dx, dW, db
+
+
+def maxpool2d_forward(
+    x: np.ndarray, kh: int, kw: int, stride: Pair, pad: Pair, dilation: Pair
+) -> tuple[np.ndarray, np.ndarray]:
+    """x: (N, C, H, W) -> y: (N, C, OH, OW) and argmax (N, C, OH, OW) int32 in [0, kh*kw)."""
+    n, c = x.shape[:2]
+    oh, ow = conv_output_size(x.shape[2:], (kh, kw), stride, pad, dilation)
+    view = _windows(_pad(x, pad, -np.inf), kh, kw, (oh, ow), stride, dilation)
+    # windows[n, c, oh, ow, i*kw + j] = xpad[n, c, oh*sh + i*dh, ow*sw + j*dw]
+    windows = view.transpose(0, 3, 1, 2, 4, 5).reshape(n, c, oh, ow, kh * kw)
+    argmax = windows.argmax(axis=-1)
+    y = np.take_along_axis(windows, argmax[..., None], axis=-1)[..., 0]
+    return np.ascontiguousarray(y), argmax.astype(np.int32)
+
+
+def maxpool2d_backward(
+    dout: np.ndarray,
+    argmax: np.ndarray,
+    x_shape: tuple[int, int, int, int],
+    kh: int,
+    kw: int,
+    stride: Pair,
+    pad: Pair,
+    dilation: Pair,
+) -> np.ndarray:
+    """dout, argmax: (N, C, OH, OW) -> dx: (N, C, H, W); window gradient goes to its argmax element."""
+    n, c, h, w = x_shape
+    out_hw = argmax.shape[2:]
+    dxpad = np.zeros((n, c, h + 2 * pad[0], w + 2 * pad[1]), dtype=dout.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            rows, cols = _tap_slices(i, j, out_hw, stride, dilation)
+            dxpad[:, :, rows, cols] += np.where(argmax == i * kw + j, dout, 0)
+    return _crop(dxpad, pad)

@@ -1,0 +1,101 @@
+"""The ``fastconv`` command: ``info``, ``warmup``, ``train`` and ``bench``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+
+USAGE = """usage: fastconv {info,warmup,train,bench} [options]
+
+  info     backends, availability, versions, threads and devices
+  warmup   compile every JIT kernel ahead of time (numba), for both dtypes
+  train    train a small CNN (digits by default, MNIST with --dataset mnist --data DIR)
+  bench    time the kernels on the benchmark shapes across backends (and PyTorch if installed)
+
+Run `fastconv COMMAND --help` for a command's options."""
+
+
+def info(argv: Sequence[str]) -> int:
+    argparse.ArgumentParser(
+        prog="fastconv info", description="Show backends and their environment."
+    ).parse_args(argv)
+    import numpy as np
+
+    import fastconv
+    from fastconv import _registry
+
+    print(f"fastconv {fastconv.__version__}  python {platform.python_version()}  numpy {np.__version__}")
+    print(f"platform {platform.platform()}  cpus {os.cpu_count()}")
+    env = os.environ.get(_registry.ENV_VAR)
+    print(f"{_registry.ENV_VAR}={env!r}" if env else f"{_registry.ENV_VAR} is unset (auto)")
+    for name, status in fastconv.list_backends().items():
+        if status["available"]:
+            print(f"\n[{name}] available")
+            backend = _registry.get_backend_object(name)
+            details = backend.info() if hasattr(backend, "info") else {}
+            for key, value in details.items():
+                print(f"  {key}: {value}")
+        else:
+            print(f"\n[{name}] unavailable: {status['reason']}")
+    try:
+        print(f"\nactive backend for a NumPy array: {fastconv.get_backend(np.zeros(1))}")
+    except (ValueError, RuntimeError) as exc:
+        print(f"\nactive backend: error: {exc}")
+        return 1
+    return 0
+
+
+def warmup(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="fastconv warmup", description="Compile every kernel of the JIT backends ahead of time."
+    )
+    parser.add_argument(
+        "--backend", action="append", help="backend(s) to warm up (default: every available one)"
+    )
+    args = parser.parse_args(argv)
+    import fastconv
+    from fastconv import _registry
+
+    statuses = fastconv.list_backends()
+    names = args.backend or [n for n, s in statuses.items() if s["available"]]
+    failed = 0
+    for name in names:
+        try:
+            backend = _registry.get_backend_object(name)
+        except (ValueError, RuntimeError) as exc:
+            print(f"{name}: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        if not hasattr(backend, "warmup"):
+            print(f"{name}: nothing to compile")
+            continue
+        start = time.perf_counter()
+        backend.warmup()
+        print(f"{name}: compiled every kernel for float32 and float64 in {time.perf_counter() - start:.2f} s")
+    return 1 if failed else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "info":
+        return info(rest)
+    if command == "warmup":
+        return warmup(rest)
+    if command == "train":
+        from fastconv.train import main as train_main
+
+        return train_main(rest)
+    if command == "bench":
+        from fastconv.bench import main as bench_main
+
+        return bench_main(rest)
+    print(f"fastconv: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    return 2

@@ -1,0 +1,289 @@
+"""The functional API: argument checks once, then dispatch to the selected backend.
+
+Output sizes (floor mode, cross-correlation, as in the classic layers and PyTorch)::
+
+    OH = (H + 2*pad_h - dilation_h*(kh - 1) - 1) // stride_h + 1      (OW likewise)
+
+Dtypes: float32 and float64 are computed as they are; float16 is a storage type (computed in
+float32, returned as float16); x and W of different float dtypes are promoted as NumPy
+promotes them. Integer, bool and complex arrays are refused.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+
+from fastconv import _registry
+from fastconv._shapes import IntOrPair, Pair, conv_output_size, effective_kernel, pair
+
+_COMPUTE = {np.dtype(np.float16): np.dtype(np.float32)}
+
+
+def _check_array(name: str, a: Any, ndim: int | None = None, what: str = "") -> None:
+    if not (hasattr(a, "shape") and hasattr(a, "dtype") and hasattr(a, "ndim")):
+        raise TypeError(
+            f"{name} must be an array (numpy.ndarray or the backend's array type), got {type(a).__name__}"
+        )
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D {what}, got shape {tuple(a.shape)} ({a.ndim}-D)")
+    if a.dtype.kind != "f":
+        raise TypeError(f"{name} must have a floating dtype (float16, float32 or float64), got {a.dtype}")
+
+
+def _result_dtype(*arrays: Any) -> tuple[np.dtype, np.dtype]:
+    """(dtype returned to the caller, dtype the backend computes in)."""
+    out = np.result_type(*[a.dtype for a in arrays if a is not None])
+    return out, _COMPUTE.get(out, out)
+
+
+def _select(backend: str | None, layer_backend: str | None, arrays: dict[str, Any]) -> Any:
+    first = next(a for a in arrays.values() if a is not None)
+    impl = _registry.select(backend, layer_backend, first)
+    for name, a in arrays.items():
+        if a is not None and not impl.owns(a):
+            raise TypeError(
+                f"{name} is a {type(a).__module__}.{type(a).__name__}, but backend {impl.name!r} needs its own "
+                f"array type: move it with fastconv.to_device({name}, backend={impl.name!r}) (or fastconv.to_host), "
+                "or use the 'auto' backend, which dispatches by array type"
+            )
+    return impl
+
+
+def _prep(impl: Any, a: Any, dtype: np.dtype) -> Any:
+    """C-contiguous array of the compute dtype (a copy only when needed; inputs are never modified)."""
+    return impl.xp.ascontiguousarray(a, dtype=dtype)
+
+
+def _bias(impl: Any, b: Any, n_filters: int, dtype: np.dtype) -> Any:
+    if b is None:
+        return None
+    if isinstance(b, numbers.Real) and not isinstance(b, bool):
+        return impl.xp.full((n_filters,), b, dtype=dtype)
+    _check_array("b", b)
+    if tuple(b.shape) not in ((n_filters,), ()):
+        raise ValueError(
+            f"b must have shape ({n_filters},) (one bias per filter of W) or be a scalar, "
+            f"got shape {tuple(b.shape)}"
+        )
+    if b.ndim == 0:
+        return impl.xp.full((n_filters,), b, dtype=dtype)
+    return _prep(impl, b, dtype)
+
+
+def _conv_args(
+    x: Any, W: Any, stride: IntOrPair, pad: IntOrPair, dilation: IntOrPair
+) -> tuple[Pair, Pair, Pair, Pair]:
+    _check_array("x", x, 4, "(N, C, H, W)")
+    _check_array("W", W, 4, "(F, C, kh, kw)")
+    if x.shape[1] != W.shape[1]:
+        raise ValueError(
+            f"channel mismatch: x has {x.shape[1]} channels (shape {tuple(x.shape)}) but W expects "
+            f"{W.shape[1]} (shape {tuple(W.shape)}); W must be (F, C, kh, kw) with C = x.shape[1]"
+        )
+    if W.shape[0] < 1 or W.shape[2] < 1 or W.shape[3] < 1:
+        raise ValueError(
+            f"W must have at least one filter and a kernel of at least 1x1, got shape {tuple(W.shape)}"
+        )
+    s = pair(stride, "stride", minimum=1)
+    p = pair(pad, "pad", minimum=0)
+    d = pair(dilation, "dilation", minimum=1)
+    out_hw = conv_output_size(tuple(x.shape[2:]), tuple(W.shape[2:]), s, p, d)
+    return s, p, d, out_hw
+
+
+def conv2d(
+    x: Any,
+    W: Any,
+    b: Any = None,
+    stride: IntOrPair = 1,
+    pad: IntOrPair = 0,
+    dilation: IntOrPair = 1,
+    *,
+    backend: str | None = None,
+    _layer_backend: str | None = None,
+) -> Any:
+    """2-D convolution (cross-correlation): x (N, C, H, W), W (F, C, kh, kw), b (F,) -> (N, F, OH, OW)."""
+    s, p, d, _ = _conv_args(x, W, stride, pad, dilation)
+    out_dtype, dtype = _result_dtype(x, W)
+    impl = _select(backend, _layer_backend, {"x": x, "W": W, "b": b if hasattr(b, "shape") else None})
+    y = impl.conv2d_forward(
+        _prep(impl, x, dtype), _prep(impl, W, dtype), _bias(impl, b, W.shape[0], dtype), s, p, d
+    )
+    return y if y.dtype == out_dtype else y.astype(out_dtype)
+
+
+def conv2d_backward(
+    dout: Any,
+    x: Any,
+    W: Any,
+    stride: IntOrPair = 1,
+    pad: IntOrPair = 0,
+    dilation: IntOrPair = 1,
+    *,
+    need_dx: bool = True,
+    backend: str | None = None,
+    _layer_backend: str | None = None,
+) -> tuple[Any, Any, Any]:
+    """Gradients of :func:`conv2d`: dout (N, F, OH, OW) -> dx (N, C, H, W) (None if not need_dx),
+    dW (F, C, kh, kw), db (F,)."""
+    s, p, d, out_hw = _conv_args(x, W, stride, pad, dilation)
+    _check_array("dout", dout, 4, "(N, F, OH, OW)")
+    expected = (x.shape[0], W.shape[0], *out_hw)
+    if tuple(dout.shape) != expected:
+        raise ValueError(f"dout must have the forward output's shape {expected}, got {tuple(dout.shape)}")
+    out_dtype, dtype = _result_dtype(dout, x, W)
+    impl = _select(backend, _layer_backend, {"dout": dout, "x": x, "W": W})
+    grads = impl.conv2d_backward(
+        _prep(impl, dout, dtype), _prep(impl, x, dtype), _prep(impl, W, dtype), s, p, d, need_dx=need_dx
+    )
+    return tuple(g if g is None or g.dtype == out_dtype else g.astype(out_dtype) for g in grads)
+
+
+def _pool_args(
+    x: Any, kernel_size: IntOrPair, stride: IntOrPair | None, pad: IntOrPair, dilation: IntOrPair
+) -> tuple[Pair, Pair, Pair, Pair, Pair]:
+    _check_array("x", x, 4, "(N, C, H, W)")
+    k = pair(kernel_size, "kernel_size", minimum=1)
+    s = k if stride is None else pair(stride, "stride", minimum=1)
+    p = pair(pad, "pad", minimum=0)
+    d = pair(dilation, "dilation", minimum=1)
+    for axis, kk, pp, dd in zip(("height", "width"), k, p, d):
+        if 2 * pp > effective_kernel(kk, dd):
+            raise ValueError(
+                f"pad {pp} must be at most half the pooling window {axis} {effective_kernel(kk, dd)} "
+                f"(kernel {kk}, dilation {dd}), or some windows would hold only padding"
+            )
+    out_hw = conv_output_size(tuple(x.shape[2:]), k, s, p, d)
+    return k, s, p, d, out_hw
+
+
+def max_pool2d(
+    x: Any,
+    kernel_size: IntOrPair,
+    stride: IntOrPair | None = None,
+    pad: IntOrPair = 0,
+    dilation: IntOrPair = 1,
+    *,
+    backend: str | None = None,
+    _layer_backend: str | None = None,
+) -> tuple[Any, Any]:
+    """Max pooling: x (N, C, H, W) -> (y (N, C, OH, OW), argmax (N, C, OH, OW) int32).
+
+    ``stride`` defaults to ``kernel_size``; padding is -inf. ``argmax`` holds the window-local
+    index i*kw + j of each window's first maximum in row-major order (NaN counts as maximum).
+    """
+    (kh, kw), s, p, d, _ = _pool_args(x, kernel_size, stride, pad, dilation)
+    out_dtype, dtype = _result_dtype(x)
+    impl = _select(backend, _layer_backend, {"x": x})
+    y, argmax = impl.maxpool2d_forward(_prep(impl, x, dtype), kh, kw, s, p, d)
+    return (y if y.dtype == out_dtype else y.astype(out_dtype)), argmax
+
+
+def max_pool2d_backward(
+    dout: Any,
+    argmax: Any,
+    x_shape: tuple[int, int, int, int],
+    kernel_size: IntOrPair,
+    stride: IntOrPair | None = None,
+    pad: IntOrPair = 0,
+    dilation: IntOrPair = 1,
+    *,
+    backend: str | None = None,
+    _layer_backend: str | None = None,
+) -> Any:
+    """Gradient of :func:`max_pool2d`: dout, argmax (N, C, OH, OW) -> dx (N, C, H, W)."""
+    x_shape = tuple(int(v) for v in x_shape)
+    if len(x_shape) != 4:
+        raise ValueError(f"x_shape must be (N, C, H, W), got {x_shape}")
+    probe = np.empty((0, 0, *x_shape[2:]), dtype=np.float32)  # shape-only stand-in for the checks
+    (kh, kw), s, p, d, out_hw = _pool_args(probe, kernel_size, stride, pad, dilation)
+    _check_array("dout", dout, 4, "(N, C, OH, OW)")
+    expected = (*x_shape[:2], *out_hw)
+    if tuple(dout.shape) != expected:
+        raise ValueError(f"dout must have the forward output's shape {expected}, got {tuple(dout.shape)}")
+    if not hasattr(argmax, "shape") or tuple(argmax.shape) != expected or argmax.dtype.kind not in "iu":
+        got = (
+            f"shape {tuple(argmax.shape)} dtype {argmax.dtype}" if hasattr(argmax, "shape") else type(argmax)
+        )
+        raise ValueError(f"argmax must be the integer array max_pool2d returned, shape {expected}; got {got}")
+    out_dtype, dtype = _result_dtype(dout)
+    impl = _select(backend, _layer_backend, {"dout": dout, "argmax": argmax})
+    dx = impl.maxpool2d_backward(
+        _prep(impl, dout, dtype), _prep(impl, argmax, np.int32), x_shape, kh, kw, s, p, d
+    )
+    return dx if dx.dtype == out_dtype else dx.astype(out_dtype)
+
+
+def im2col(
+    input_data: Any,
+    filter_h: int,
+    filter_w: int,
+    stride: IntOrPair = 1,
+    pad: IntOrPair = 0,
+    *,
+    dilation: IntOrPair = 1,
+    backend: str | None = None,
+) -> Any:
+    """The book's im2col: input_data (N, C, H, W) -> col (N*OH*OW, C*filter_h*filter_w)."""
+    _check_array("input_data", input_data, 4, "(N, C, H, W)")
+    kh = pair(filter_h, "filter_h", minimum=1)[0]
+    kw = pair(filter_w, "filter_w", minimum=1)[0]
+    s = pair(stride, "stride", minimum=1)
+    p = pair(pad, "pad", minimum=0)
+    d = pair(dilation, "dilation", minimum=1)
+    conv_output_size(tuple(input_data.shape[2:]), (kh, kw), s, p, d)
+    out_dtype, dtype = _result_dtype(input_data)
+    impl = _select(backend, None, {"input_data": input_data})
+    col = impl.im2col(_prep(impl, input_data, dtype), kh, kw, s, p, d)
+    return col if col.dtype == out_dtype else col.astype(out_dtype)
+
+
+def col2im(
+    col: Any,
+    input_shape: tuple[int, int, int, int],
+    filter_h: int,
+    filter_w: int,
+    stride: IntOrPair = 1,
+    pad: IntOrPair = 0,
+    *,
+    dilation: IntOrPair = 1,
+    backend: str | None = None,
+) -> Any:
+    """The book's col2im: col (N*OH*OW, C*filter_h*filter_w) -> (N, C, H, W), the adjoint of im2col."""
+    _check_array("col", col, 2, "(N*OH*OW, C*kh*kw)")
+    shape = tuple(int(v) for v in input_shape)
+    if len(shape) != 4:
+        raise ValueError(f"input_shape must be (N, C, H, W), got {input_shape!r}")
+    kh = pair(filter_h, "filter_h", minimum=1)[0]
+    kw = pair(filter_w, "filter_w", minimum=1)[0]
+    s = pair(stride, "stride", minimum=1)
+    p = pair(pad, "pad", minimum=0)
+    d = pair(dilation, "dilation", minimum=1)
+    oh, ow = conv_output_size(shape[2:], (kh, kw), s, p, d)
+    expected = (shape[0] * oh * ow, shape[1] * kh * kw)
+    if tuple(col.shape) != expected:
+        raise ValueError(f"col must have shape {expected} for input_shape {shape}, got {tuple(col.shape)}")
+    out_dtype, dtype = _result_dtype(col)
+    impl = _select(backend, None, {"col": col})
+    dx = impl.col2im(_prep(impl, col, dtype), shape, kh, kw, s, p, d)
+    return dx if dx.dtype == out_dtype else dx.astype(out_dtype)
+
+
+def to_device(x: Any, backend: str | None = None) -> Any:
+    """Copy a NumPy array to the selected backend's memory (a no-op for CPU backends)."""
+    impl = _registry.select(backend, None, None)
+    return x if impl.owns(x) else impl.to_device(np.asarray(x))
+
+
+def to_host(x: Any) -> np.ndarray:
+    """Copy any backend's array back to a NumPy array (a no-op for NumPy arrays)."""
+    if isinstance(x, np.ndarray):
+        return x
+    if type(x).__module__.split(".")[0] == "cupy":
+        return x.get()
+    if hasattr(x, "__array__"):
+        return np.asarray(x)
+    raise TypeError(f"to_host needs an array, got {type(x).__name__}")

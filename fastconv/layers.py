@@ -1,0 +1,355 @@
+"""Drop-in layers with the public API of the book's ``common/layers.py``.
+
+``Convolution`` and ``Pooling`` dispatch to the selected backend (see :mod:`fastconv._registry`);
+the other layers are array-module agnostic (NumPy or CuPy arrays). Every layer reads its
+parameters (``self.W``, ``self.b``, ...) at call time and keeps no cached or cast copy, so an
+optimizer that updates them in place, a numerical gradient that perturbs them element by element,
+or a ``load_params`` that rebinds them is seen by the next call.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+
+from fastconv import functional as F
+from fastconv._shapes import IntOrPair
+
+__all__ = [
+    "Affine",
+    "BatchNorm2d",
+    "BatchNormalization",
+    "Convolution",
+    "Dropout",
+    "Pooling",
+    "Relu",
+    "Sigmoid",
+    "SoftmaxWithLoss",
+    "cross_entropy_error",
+    "softmax",
+]
+
+
+def _xp(a: Any) -> Any:
+    """The array module of ``a`` (cupy for CuPy arrays, else numpy), without importing cupy otherwise."""
+    if type(a).__module__.split(".")[0] == "cupy":
+        import cupy
+
+        return cupy
+    return np
+
+
+def softmax(x: Any) -> Any:
+    """Row-wise softmax over the last axis, shifted by the row maximum for stability."""
+    xp = _xp(x)
+    z = x - x.max(axis=-1, keepdims=True)
+    e = xp.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def cross_entropy_error(y: Any, t: Any) -> Any:
+    """Mean cross-entropy of probabilities y (N, K) against labels t (indices (N,) or one-hot (N, K)).
+
+    Adds 1e-7 inside the log, as the book does, so losses match it.
+    """
+    xp = _xp(y)
+    if y.ndim == 1:
+        y = y.reshape(1, y.size)
+        t = t.reshape(1, t.size)
+    if t.size == y.size:
+        t = t.argmax(axis=1)
+    n = y.shape[0]
+    return -xp.sum(xp.log(y[xp.arange(n), t] + 1e-7)) / n
+
+
+class Relu:
+    """max(x, 0); backward passes dout where x > 0."""
+
+    def __init__(self) -> None:
+        self.mask = None
+
+    def forward(self, x: Any) -> Any:
+        self.mask = x <= 0
+        out = x.copy()
+        out[self.mask] = 0
+        return out
+
+    def backward(self, dout: Any) -> Any:
+        dx = dout.copy()
+        dx[self.mask] = 0
+        return dx
+
+
+class Sigmoid:
+    """1 / (1 + exp(-x)); backward dout * y * (1 - y)."""
+
+    def __init__(self) -> None:
+        self.out = None
+
+    def forward(self, x: Any) -> Any:
+        xp = _xp(x)
+        self.out = 1 / (1 + xp.exp(-x))
+        return self.out
+
+    def backward(self, dout: Any) -> Any:
+        return dout * (1.0 - self.out) * self.out
+
+
+class Affine:
+    """x (N, ...) flattened to (N, D), then x @ W + b with W (D, M), b (M,); dx keeps x's shape."""
+
+    def __init__(self, W: Any, b: Any) -> None:
+        self.W = W
+        self.b = b
+        self.x = None
+        self.original_x_shape = None
+        self.dW = None
+        self.db = None
+
+    def forward(self, x: Any) -> Any:
+        self.original_x_shape = x.shape
+        x = x.reshape(x.shape[0], -1)
+        if x.shape[1] != self.W.shape[0]:
+            raise ValueError(
+                f"Affine: x has {x.shape[1]} features per sample (shape {tuple(self.original_x_shape)}) "
+                f"but W has shape {tuple(self.W.shape)}; W must be (features, outputs)"
+            )
+        self.x = x
+        return x @ self.W + self.b
+
+    def backward(self, dout: Any) -> Any:
+        dx = dout @ self.W.T
+        self.dW = self.x.T @ dout
+        self.db = dout.sum(axis=0)
+        return dx.reshape(*self.original_x_shape)
+
+
+class SoftmaxWithLoss:
+    """Softmax then cross-entropy; ``forward(x, t)`` with t as indices (N,) or one-hot (N, K)."""
+
+    def __init__(self) -> None:
+        self.loss = None
+        self.y = None
+        self.t = None
+
+    def forward(self, x: Any, t: Any) -> Any:
+        self.t = t
+        self.y = softmax(x)
+        self.loss = cross_entropy_error(self.y, self.t)
+        return self.loss
+
+    def backward(self, dout: Any = 1) -> Any:
+        xp = _xp(self.y)
+        n = self.t.shape[0]
+        if self.t.size == self.y.size:
+            dx = (self.y - self.t) / n
+        else:
+            dx = self.y.copy()
+            dx[xp.arange(n), self.t] -= 1
+            dx = dx / n
+        return dx * dout if not (isinstance(dout, numbers.Number) and dout == 1) else dx
+
+
+class Dropout:
+    """The book's (non-inverted) dropout. Train: x * mask with mask = rand > ratio; test: x * (1 - ratio).
+
+    ``rng`` (a ``numpy.random.Generator``) makes the masks reproducible; by default the global
+    ``numpy.random`` state is used, as in the book, so ``np.random.seed`` applies.
+    """
+
+    def __init__(self, dropout_ratio: float = 0.5, rng: Any = None) -> None:
+        if not 0.0 <= dropout_ratio < 1.0:
+            raise ValueError(f"dropout_ratio must be in [0, 1), got {dropout_ratio!r}")
+        self.dropout_ratio = dropout_ratio
+        self.rng = rng
+        self.mask = None
+
+    def forward(self, x: Any, train_flg: bool = True) -> Any:
+        if not train_flg:
+            return x * (1.0 - self.dropout_ratio)
+        xp = _xp(x)
+        if xp is np:
+            draw = self.rng.random(x.shape) if self.rng is not None else np.random.rand(*x.shape)  # noqa: NPY002 (the book's global RNG)
+        else:
+            draw = xp.random.rand(*x.shape)
+        self.mask = draw > self.dropout_ratio
+        return x * self.mask
+
+    def backward(self, dout: Any) -> Any:
+        return dout * self.mask
+
+
+class BatchNormalization:
+    """The book's batch normalisation: a 4-D input is flattened to (N, C*H*W) and normalised per element.
+
+    For the usual per-channel normalisation of conv features use :class:`BatchNorm2d`.
+    ``gamma``/``beta`` have shape (D,) for a flattened input of D features.
+    """
+
+    eps = 1e-6  # the book's 10e-7
+
+    def __init__(
+        self, gamma: Any, beta: Any, momentum: float = 0.9, running_mean: Any = None, running_var: Any = None
+    ) -> None:
+        self.gamma = gamma
+        self.beta = beta
+        self.momentum = momentum
+        self.input_shape = None
+        self.running_mean = running_mean
+        self.running_var = running_var
+        self.batch_size = None
+        self.xc = None
+        self.xn = None
+        self.std = None
+        self.dgamma = None
+        self.dbeta = None
+
+    def _to_2d(self, a: Any) -> Any:
+        return a.reshape(a.shape[0], -1) if a.ndim != 2 else a
+
+    def _from_2d(self, a2: Any) -> Any:
+        return a2.reshape(*self.input_shape)
+
+    def forward(self, x: Any, train_flg: bool = True) -> Any:
+        self.input_shape = x.shape
+        x2 = self._to_2d(x)
+        xp = _xp(x2)
+        if self.running_mean is None:
+            self.running_mean = xp.zeros(x2.shape[1], dtype=x2.dtype)
+            self.running_var = xp.zeros(x2.shape[1], dtype=x2.dtype)
+        if train_flg:
+            mu = x2.mean(axis=0)
+            xc = x2 - mu
+            var = (xc**2).mean(axis=0)
+            std = xp.sqrt(var + self.eps)
+            self.batch_size, self.xc, self.std = x2.shape[0], xc, std
+            self.xn = xc / std
+            xn = self.xn
+            self.running_mean = self.momentum * self.running_mean + (1 - self.momentum) * mu
+            self.running_var = self.momentum * self.running_var + (1 - self.momentum) * var
+        else:
+            xn = (x2 - self.running_mean) / xp.sqrt(self.running_var + self.eps)
+        return self._from_2d(self.gamma * xn + self.beta)
+
+    def backward(self, dout: Any) -> Any:
+        d2 = self._to_2d(dout)
+        xp = _xp(d2)
+        self.dbeta = d2.sum(axis=0)
+        self.dgamma = (self.xn * d2).sum(axis=0)
+        dxn = self.gamma * d2
+        dxc = dxn / self.std
+        dstd = -xp.sum((dxn * self.xc) / (self.std * self.std), axis=0)
+        dvar = 0.5 * dstd / self.std
+        dxc = dxc + (2.0 / self.batch_size) * self.xc * dvar
+        dmu = dxc.sum(axis=0)
+        dx = dxc - dmu / self.batch_size
+        return self._from_2d(dx)
+
+
+class BatchNorm2d(BatchNormalization):
+    """Per-channel batch normalisation of (N, C, H, W) features; ``gamma``/``beta`` have shape (C,).
+
+    Statistics are taken over (N, H, W) for each channel, as in PyTorch's ``BatchNorm2d``.
+    """
+
+    def _to_2d(self, a: Any) -> Any:
+        if a.ndim != 4:
+            raise ValueError(f"BatchNorm2d needs a 4-D (N, C, H, W) input, got shape {tuple(a.shape)}")
+        return a.transpose(0, 2, 3, 1).reshape(-1, a.shape[1])
+
+    def _from_2d(self, a2: Any) -> Any:
+        n, c, h, w = self.input_shape
+        xp = _xp(a2)
+        return xp.ascontiguousarray(a2.reshape(n, h, w, c).transpose(0, 3, 1, 2))
+
+
+def _bias_grad_like(b: Any, db: Any) -> Any:
+    """db shaped like b: (F,) for an array b, a scalar for a scalar b."""
+    if isinstance(b, numbers.Real) or (hasattr(b, "ndim") and b.ndim == 0):
+        return db.sum()
+    return db
+
+
+class Convolution:
+    """Convolution layer: x (N, C, H, W), W (F, C, FH, FW), b (F,) -> (N, F, OH, OW).
+
+    OH = (H + 2*pad - dilation*(FH - 1) - 1) // stride + 1 (OW likewise).
+    """
+
+    def __init__(
+        self,
+        W: Any,
+        b: Any,
+        stride: IntOrPair = 1,
+        pad: IntOrPair = 0,
+        *,
+        dilation: IntOrPair = 1,
+        backend: str | None = None,
+    ) -> None:
+        self.W = W
+        self.b = b
+        self.stride = stride
+        self.pad = pad
+        self.dilation = dilation
+        self.backend = backend
+        self.x = None
+        self.dW = None
+        self.db = None
+
+    def forward(self, x: Any) -> Any:
+        self.x = x
+        return F.conv2d(x, self.W, self.b, self.stride, self.pad, self.dilation, _layer_backend=self.backend)
+
+    def backward(self, dout: Any) -> Any:
+        dx, self.dW, db = F.conv2d_backward(
+            dout, self.x, self.W, self.stride, self.pad, self.dilation, _layer_backend=self.backend
+        )
+        self.db = _bias_grad_like(self.b, db)
+        return dx
+
+
+class Pooling:
+    """Max pooling: x (N, C, H, W) -> (N, C, OH, OW); padding is -inf; no parameters.
+
+    The gradient of each window goes to its first maximum in row-major window order.
+    """
+
+    def __init__(
+        self,
+        pool_h: int,
+        pool_w: int,
+        stride: IntOrPair = 2,
+        pad: IntOrPair = 0,
+        *,
+        dilation: IntOrPair = 1,
+        backend: str | None = None,
+    ) -> None:
+        self.pool_h = pool_h
+        self.pool_w = pool_w
+        self.stride = stride
+        self.pad = pad
+        self.dilation = dilation
+        self.backend = backend
+        self.x_shape = None
+        self.arg_max = None
+
+    def forward(self, x: Any) -> Any:
+        self.x_shape = tuple(x.shape)
+        out, self.arg_max = F.max_pool2d(
+            x, (self.pool_h, self.pool_w), self.stride, self.pad, self.dilation, _layer_backend=self.backend
+        )
+        return out
+
+    def backward(self, dout: Any) -> Any:
+        return F.max_pool2d_backward(
+            dout,
+            self.arg_max,
+            self.x_shape,
+            (self.pool_h, self.pool_w),
+            self.stride,
+            self.pad,
+            self.dilation,
+            _layer_backend=self.backend,
+        )
