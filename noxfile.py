@@ -20,3 +20,10 @@ def lint(session: nox.Session) -> None:
     """ruff lint and format check."""
     session.install("ruff>=0.5")
     session.run("ruff", "check", "fastconv", "tests", "benchmarks", "noxfile.py")
+
+
+@nox.session
+def gpu(session: nox.Session) -> None:
+    """The GPU runbook: the `gpu` tests, then conv and max pool timed against PyTorch/cuDNN on the same device."""
+    session.install("-e", ".[test,cuda12]")
+    session.run("python", "-m", "fastconv.gpu_runbook", *session.posargs)

@@ -25,7 +25,6 @@ import importlib
 import os
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from fastconv.backends import BUILTIN, REQUIRED
@@ -38,15 +37,19 @@ class BackendUnavailableError(RuntimeError):
     """A backend that is known but cannot be used here (not installed, no device, ...)."""
 
 
-@dataclass
 class _Entry:
-    name: str
-    target: Any  # an import string, or the loaded backend object
-    install_hint: str = ""
-    loaded: Any = None
-    reason: str | None = None  # why unusable; None when usable
-    probed: bool = False
-    missing: bool = False  # unusable because an import failed: the install hint applies
+    """One registered backend: where to load it from, and the cached outcome of probing it."""
+
+    __slots__ = ("name", "target", "install_hint", "loaded", "reason", "probed", "missing")
+
+    def __init__(self, name: str, target: Any, install_hint: str = "") -> None:
+        self.name = name
+        self.target = target  # an import string, an entry point, or the backend object itself
+        self.install_hint = install_hint
+        self.loaded: Any = None
+        self.reason: str | None = None  # why unusable; None when usable
+        self.probed = False
+        self.missing = False  # unusable because an import failed: the install hint applies
 
 
 _lock = threading.RLock()

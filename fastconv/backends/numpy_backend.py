@@ -106,18 +106,50 @@ def col2im(
     return _crop(dxpad, pad)
 
 
+def _columns(x: np.ndarray, kh: int, kw: int, out_hw: Pair, stride: Pair, pad: Pair, dilation: Pair) -> np.ndarray:
+    """x: (N, C, H, W) -> cols: (C*kh*kw, N*OH*OW), so each conv GEMM is a single large BLAS call.
+
+    cols[(c*kh + i)*kw + j, (n*OH + oh)*OW + ow] = xpad[n, c, oh*sh + i*dh, ow*sw + j*dw]
+    """
+    n, c = x.shape[:2]
+    xpad = _pad(x, pad)
+    s_n, s_c, s_h, s_w = xpad.strides
+    (oh, ow), (sh, sw), (dh, dw) = out_hw, stride, dilation
+    view = as_strided(
+        xpad,
+        shape=(c, kh, kw, n, oh, ow),
+        strides=(s_c, s_h * dh, s_w * dw, s_n, s_h * sh, s_w * sw),
+        writeable=False,
+    )
+    return np.ascontiguousarray(view).reshape(c * kh * kw, n * oh * ow)
+
+
+def _columns_to_image(
+    cols: np.ndarray, x_shape: tuple[int, int, int, int], kh: int, kw: int, stride: Pair, pad: Pair, dilation: Pair
+) -> np.ndarray:
+    """cols: (C*kh*kw, N*OH*OW) -> dx: (N, C, H, W), the adjoint of :func:`_columns` (a loop over taps)."""
+    n, c, h, w = x_shape
+    out_hw = conv_output_size((h, w), (kh, kw), stride, pad, dilation)
+    taps = cols.reshape(c, kh, kw, n, *out_hw)
+    dxpad = np.zeros((c, n, h + 2 * pad[0], w + 2 * pad[1]), dtype=cols.dtype)  # channel-major, like cols
+    for i in range(kh):
+        for j in range(kw):
+            rows, cols_ = _tap_slices(i, j, out_hw, stride, dilation)
+            dxpad[:, :, rows, cols_] += taps[:, i, j]
+    return _crop(dxpad.transpose(1, 0, 2, 3), pad)
+
+
 def conv2d_forward(
     x: np.ndarray, W: np.ndarray, b: np.ndarray | None, stride: Pair, pad: Pair, dilation: Pair
 ) -> np.ndarray:
-    """x: (N, C, H, W), W: (F, C, kh, kw), b: (F,) -> y: (N, F, OH, OW) via col @ W2.T."""
+    """x: (N, C, H, W), W: (F, C, kh, kw), b: (F,) -> y: (N, F, OH, OW) as one GEMM W2 @ cols."""
     n = x.shape[0]
     f, _, kh, kw = W.shape
-    oh, ow = conv_output_size(x.shape[2:], (kh, kw), stride, pad, dilation)
-    col = im2col(x, kh, kw, stride, pad, dilation)
-    y = col @ W.reshape(f, -1).T  # (N*OH*OW, F)
+    out_hw = conv_output_size(x.shape[2:], (kh, kw), stride, pad, dilation)
+    y = W.reshape(f, -1) @ _columns(x, kh, kw, out_hw, stride, pad, dilation)  # (F, N*OH*OW)
     if b is not None:
-        y += b
-    return np.ascontiguousarray(y.reshape(n, oh, ow, f).transpose(0, 3, 1, 2))
+        y += b[:, None]
+    return np.ascontiguousarray(y.reshape(f, n, *out_hw).transpose(1, 0, 2, 3))
 
 
 def conv2d_backward(
@@ -129,16 +161,21 @@ def conv2d_backward(
     dilation: Pair,
     need_dx: bool = True,
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-    """dout: (N, F, OH, OW) -> dx (N, C, H, W) or None, dW (F, C, kh, kw), db (F,)."""
-    f, _, kh, kw = W.shape
-    db = dout.sum(axis=(0, 2, 3))
-    dout2 = dout.transpose(0, 2, 3, 1).reshape(-1, f)  # (N*OH*OW, F)
-    col = im2col(x, kh, kw, stride, pad, dilation)
-    dW = (dout2.T @ col).reshape(W.shape)
+    """dout: (N, F, OH, OW) -> dx (N, C, H, W) or None, dW (F, C, kh, kw), db (F,).
+
+    With D = dout as (F, N*OH*OW): dW = (cols @ D.T).T and dcols = W2.T @ D, folded back by col2im.
+    """
+    n, f, oh, ow = dout.shape
+    _, _, kh, kw = W.shape
+    d2 = np.ascontiguousarray(dout.transpose(1, 0, 2, 3)).reshape(f, n * oh * ow)
+    db = d2.sum(axis=1)
+    cols = _columns(x, kh, kw, (oh, ow), stride, pad, dilation)
+    dW = (cols @ d2.T).T.reshape(W.shape)  # this operand order is ~2x faster in OpenBLAS than d2 @ cols.T
     dx = None
     if need_dx:
-        dcol = dout2 @ W.reshape(f, -1)  # (N*OH*OW, C*kh*kw)
-        dx = col2im(dcol, x.shape, kh, kw, stride, pad, dilation)
+        del cols  # free the columns before the same-sized dcols is made
+        dcols = W.reshape(f, -1).T @ d2  # (C*kh*kw, N*OH*OW)
+        dx = _columns_to_image(dcols, x.shape, kh, kw, stride, pad, dilation)
     return dx, dW, db
 
 

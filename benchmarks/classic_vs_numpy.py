@@ -1,0 +1,62 @@
+"""The NumPy backend against the book's classic im2col layers, forward and backward, in one process.
+
+    python benchmarks/classic_vs_numpy.py [--repeat 15]
+
+The classic algorithm is the book's Convolution layer (tests/reference.py: im2col by tap loop, GEMM,
+transposes, col2im by tap loop). Prints the median milliseconds and the ratio classic / numpy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import fastconv
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import reference  # noqa: E402
+
+SHAPES = {
+    "S1 x(100,1,28,28) W(30,1,5,5)": ((100, 1, 28, 28), (30, 1, 5, 5), 0),
+    "S4 x(64,64,32,32) W(64,64,3,3) p1": ((64, 64, 32, 32), (64, 64, 3, 3), 1),
+}
+
+
+def median_ms(fn, repeat):
+    fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--dtype", default="float64")
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    print(f"| shape ({args.dtype}) | classic fwd ms | numpy fwd ms | ratio | classic bwd ms | numpy bwd ms | ratio |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for label, (xs, ws, pad) in SHAPES.items():
+        x = rng.standard_normal(xs).astype(args.dtype)
+        W = rng.standard_normal(ws).astype(args.dtype)
+        b = rng.standard_normal(ws[0]).astype(args.dtype)
+        book = reference.BookConvolution(W, b, 1, pad)
+        dout = rng.standard_normal(book.forward(x).shape).astype(args.dtype)
+        cf = median_ms(lambda: book.forward(x), args.repeat)
+        cb = median_ms(lambda: book.backward(dout), args.repeat)
+        nf = median_ms(lambda: fastconv.conv2d(x, W, b, 1, pad, backend="numpy"), args.repeat)
+        nb = median_ms(lambda: fastconv.conv2d_backward(dout, x, W, 1, pad, backend="numpy"), args.repeat)
+        print(f"| {label} | {cf:.1f} | {nf:.1f} | {cf / nf:.2f}x | {cb:.1f} | {nb:.1f} | {cb / nb:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
