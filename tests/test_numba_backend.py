@@ -1,0 +1,364 @@
+"""The numba backend's own behaviour: chunking, pooling edge cases, threads, warm-up, lazy import.
+
+The backend-parametrised tests (test_kernels.py, ...) already run every kernel on numba through
+the public API; here the convolution is forced through one chunk and through one-image chunks
+and checked against the float64 references, and the numba-specific machinery is tested in
+fresh processes where it depends on process state (threading layer, NUMBA_DISABLE_JIT, imports).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import reference as ref
+
+pytest.importorskip("numba")
+
+from fastconv.backends import numba_backend as nb  # noqa: E402
+from fastconv.backends import numpy_backend  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TOL = {np.float32: dict(rtol=2e-5, atol=2e-5), np.float64: dict(rtol=1e-10, atol=1e-11)}
+ONE = (1, 1)
+
+# (x shape, W shape, stride, pad, dilation) as (h, w) pairs
+CASES = [
+    ((2, 3, 7, 8), (4, 3, 3, 2), (1, 1), (1, 0), (1, 1)),
+    ((3, 1, 9, 9), (5, 1, 3, 3), (2, 1), (2, 1), (2, 1)),
+    ((2, 4, 6, 7), (3, 4, 2, 3), (2, 3), (0, 2), (1, 2)),
+    ((5, 5, 8, 8), (6, 5, 3, 3), (1, 1), (1, 1), (1, 1)),
+    ((3, 2, 5, 5), (2, 2, 5, 5), (1, 1), (0, 0), (1, 1)),  # window = input
+    ((2, 1, 6, 6), (3, 1, 1, 1), (3, 2), (2, 2), (1, 1)),  # 1x1 reading only padding at the border
+]
+
+
+def _run_in_fresh_python(code: str, **env: str) -> str:
+    """Run ``code`` in a new interpreter (fresh numba state) and return its stdout."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=full_env, capture_output=True, text=True, timeout=600, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _data(rng, xs, ws, dtype):
+    x = rng.standard_normal(xs).astype(dtype)
+    W = rng.standard_normal(ws).astype(dtype)
+    b = rng.standard_normal(ws[0]).astype(dtype)
+    return x, W, b
+
+
+@pytest.fixture(
+    params=[(1 << 30, 0), (1, 0), (1 << 30, 1 << 30), (1, 1 << 30)],
+    ids=["one-chunk", "one-image-chunks", "one-chunk-wide", "one-image-chunks-wide"],
+)
+def chunk_bytes(request, monkeypatch):
+    """Every image in one chunk of columns, and one image per chunk; one GEMM per image, and one
+    GEMM per chunk (the wide layout)."""
+    chunk, wide_max_p = request.param
+    monkeypatch.setattr(nb, "CHUNK_BYTES", chunk)
+    monkeypatch.setattr(nb, "WIDE_MAX_P", wide_max_p)
+    return chunk
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("xs, ws, stride, pad, dilation", CASES)
+def test_conv_matches_the_float64_reference(rng, chunk_bytes, dtype, xs, ws, stride, pad, dilation):
+    x, W, b = _data(rng, xs, ws, dtype)
+    y = nb.conv2d_forward(x, W, b, stride, pad, dilation)
+    assert y.dtype == dtype
+    np.testing.assert_allclose(y, ref.conv2d(x, W, b, stride, pad, dilation), **TOL[dtype])
+    dout = rng.standard_normal(y.shape).astype(dtype)
+    got = nb.conv2d_backward(dout, x, W, stride, pad, dilation, True)
+    want = ref.conv2d_backward(dout, x, W, stride, pad, dilation)
+    for name, g, w in zip(("dx", "dW", "db"), got, want):
+        assert g.dtype == dtype, name
+        np.testing.assert_allclose(g, w, **TOL[dtype], err_msg=name)
+
+
+def test_conv_skips_dx_when_not_needed(rng, chunk_bytes):
+    x, W, _ = _data(rng, (2, 3, 6, 6), (4, 3, 3, 3), np.float64)
+    dout = rng.standard_normal((2, 4, 4, 4))
+    dx, dW, db = nb.conv2d_backward(dout, x, W, ONE, (0, 0), ONE, False)
+    assert dx is None
+    want = ref.conv2d_backward(dout, x, W)
+    np.testing.assert_allclose(dW, want[1], **TOL[np.float64])
+    np.testing.assert_allclose(db, want[2], **TOL[np.float64])
+
+
+def test_conv_has_gradients_equal_to_numerical_gradients(rng, chunk_bytes):
+    x, W, b = _data(rng, (2, 2, 6, 5), (3, 2, 3, 3), np.float64)
+    stride, pad, dilation = (2, 1), (1, 1), (1, 2)
+    g = rng.standard_normal(nb.conv2d_forward(x, W, b, stride, pad, dilation).shape)
+
+    def loss(x_, W_, b_):
+        return float((nb.conv2d_forward(x_, W_, b_, stride, pad, dilation) * g).sum())
+
+    dx, dW, db = nb.conv2d_backward(g, x, W, stride, pad, dilation, True)
+    eps = 1e-6
+    for arr, grad in ((x, dx), (W, dW), (b, db)):
+        for idx in list(np.ndindex(arr.shape))[:: max(1, arr.size // 25)]:
+            old = arr[idx]
+            arr[idx] = old + eps
+            up = loss(x, W, b)
+            arr[idx] = old - eps
+            down = loss(x, W, b)
+            arr[idx] = old
+            assert abs((up - down) / (2 * eps) - grad[idx]) < 1e-6 * max(1.0, abs(grad[idx]))
+
+
+def test_conv_agrees_with_the_numpy_backend(rng, chunk_bytes):
+    x, W, b = _data(rng, (4, 6, 9, 9), (5, 6, 3, 3), np.float32)
+    args = ((2, 1), (1, 1), ONE)
+    want = numpy_backend.conv2d_forward(x, W, b, *args)
+    dout = rng.standard_normal(want.shape).astype(np.float32)
+    want_b = numpy_backend.conv2d_backward(dout, x, W, *args)
+    np.testing.assert_allclose(nb.conv2d_forward(x, W, b, *args), want, **TOL[np.float32])
+    for g, w in zip(nb.conv2d_backward(dout, x, W, *args, True), want_b):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_is_bitwise_reproducible_and_leaves_inputs_alone(rng, chunk_bytes):
+    x, W, b = _data(rng, (4, 3, 8, 8), (5, 3, 3, 3), np.float32)
+    dout = rng.standard_normal((4, 5, 6, 6)).astype(np.float32)
+    copies = [a.copy() for a in (x, W, b, dout)]
+    runs = [
+        (
+            nb.conv2d_forward(x, W, b, ONE, (0, 0), ONE),
+            *nb.conv2d_backward(dout, x, W, ONE, (0, 0), ONE, True),
+        )
+        for _ in range(2)
+    ]
+    for first, second in zip(*runs):
+        assert np.array_equal(first, second)
+    for a, c in zip((x, W, b, dout), copies):
+        assert np.array_equal(a, c)
+
+
+def test_book_layout_im2col_and_col2im_match_the_numpy_backend(rng):
+    x = rng.standard_normal((2, 3, 7, 6)).astype(np.float32)
+    args = (3, 2, (2, 1), (1, 2), (1, 2))
+    col = nb.im2col(x, *args)
+    np.testing.assert_array_equal(col, numpy_backend.im2col(x, *args))
+    np.testing.assert_allclose(
+        nb.col2im(col, x.shape, *args), numpy_backend.col2im(col, x.shape, *args), rtol=1e-6
+    )
+
+
+def test_pooling_picks_the_first_maximum_and_the_first_nan_like_numpy_argmax():
+    x = np.array(
+        [
+            [
+                [
+                    [1.0, 3.0, 3.0, 0.0],
+                    [3.0, 2.0, np.nan, np.nan],
+                    [-np.inf, -np.inf, 5.0, 5.0],
+                    [-np.inf, -np.inf, 5.0, 5.0],
+                ]
+            ]
+        ],
+        dtype=np.float32,
+    )
+    y, am = nb.maxpool2d_forward(x, 2, 2, (2, 2), (0, 0), ONE)
+    assert am.dtype == np.int32
+    np.testing.assert_array_equal(am[0, 0], [[1, 2], [0, 0]])
+    np.testing.assert_array_equal(y[0, 0], [[3.0, np.nan], [-np.inf, 5.0]])
+    want_y, want_am = numpy_backend.maxpool2d_forward(x, 2, 2, (2, 2), (0, 0), ONE)
+    np.testing.assert_array_equal(am, want_am)
+
+
+def test_pooling_counts_padding_as_minus_infinity():
+    x = np.full((1, 1, 3, 3), -np.inf, dtype=np.float64)
+    y, am = nb.maxpool2d_forward(x, 3, 3, (2, 2), (1, 1), ONE)
+    want_y, want_am = numpy_backend.maxpool2d_forward(x, 3, 3, (2, 2), (1, 1), ONE)
+    np.testing.assert_array_equal(am, want_am)  # the first padded element wins the all -inf window
+    np.testing.assert_array_equal(y, want_y)
+    dx = nb.maxpool2d_backward(np.ones_like(y), am, x.shape, 3, 3, (2, 2), (1, 1), ONE)
+    np.testing.assert_array_equal(
+        dx, numpy_backend.maxpool2d_backward(np.ones_like(y), want_am, x.shape, 3, 3, (2, 2), (1, 1), ONE)
+    )
+
+
+def test_warmup_compiles_every_kernel_for_float32_and_float64():
+    from numba.core.registry import CPUDispatcher
+
+    from fastconv.backends import _numba_kernels as k
+
+    seconds = nb.warmup()
+    assert seconds >= 0
+    kernels = {n: f for n, f in vars(k).items() if isinstance(f, CPUDispatcher) and not n.startswith("_")}
+    assert len(kernels) >= 4
+    for name, kernel in kernels.items():
+        first_args = {str(sig[0].dtype) for sig in kernel.signatures}
+        assert {"float32", "float64"} <= first_args, name
+
+
+def test_set_threads_sets_numba_and_blas_threads_together():
+    import numba
+    from threadpoolctl import threadpool_info
+
+    before = numba.get_num_threads()
+    try:
+        nb.set_threads(1)
+        assert numba.get_num_threads() == 1
+        assert all(p["num_threads"] == 1 for p in threadpool_info() if p["user_api"] == "blas")
+    finally:
+        nb.set_threads(before)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_set_threads_rejects_what_is_not_a_positive_int(bad):
+    with pytest.raises(ValueError, match="threads"):
+        nb.set_threads(bad)
+
+
+def test_set_threads_above_numba_num_threads_says_how_to_raise_it():
+    import numba
+
+    with pytest.raises(ValueError, match="NUMBA_NUM_THREADS"):
+        nb.set_threads(numba.config.NUMBA_NUM_THREADS + 1)
+
+
+def test_info_reports_numba_threading_layer_threads_and_blas():
+    out = nb.info()
+    for key in ("numba", "threading layer", "numba threads", "blas", "cache dir"):
+        assert out[key], key
+
+
+def test_probe_says_numba_is_usable_here():
+    assert nb.probe() is None
+
+
+def test_probe_says_numba_is_missing_without_importing_anything():
+    code = (
+        "import sys; sys.modules['numba'] = None\n"
+        "from fastconv.backends import numba_backend as nb\n"
+        "print(nb.probe())\n"
+    )
+    assert "not installed" in _run_in_fresh_python(code)
+
+
+def test_importing_fastconv_and_the_backend_module_does_not_import_numba():
+    code = (
+        "import sys, fastconv\n"
+        "from fastconv.backends import numba_backend\n"
+        "numba_backend.probe()\n"
+        "print('numba' in sys.modules)\n"
+    )
+    assert _run_in_fresh_python(code).strip() == "False"
+
+
+def test_threading_layer_is_workqueue_unless_the_user_chose_one():
+    code = (
+        "import json, numpy as np, numba\n"
+        "from fastconv.backends import numba_backend as nb\n"
+        "nb.maxpool2d_forward(np.ones((1, 2, 4, 4)), 2, 2, (2, 2), (0, 0), (1, 1))\n"
+        "print(json.dumps(numba.threading_layer()))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == "workqueue"
+    assert json.loads(_run_in_fresh_python(code, NUMBA_THREADING_LAYER="omp")) == "omp"
+
+
+@pytest.mark.skipif(os.environ.get("NUMBA_DISABLE_JIT") == "1", reason="already running without the JIT")
+def test_kernels_run_as_plain_python_under_numba_disable_jit():
+    """The kernel tests of this file pass with NUMBA_DISABLE_JIT=1 (prange becomes range)."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-x",
+            "-p",
+            "no:cacheprovider",
+            __file__,
+            "-k",
+            "matches_the_float64_reference and one-chunk and not image or pooling or numerical",
+        ],
+        env={**os.environ, "NUMBA_DISABLE_JIT": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert " passed" in done.stdout
+
+
+@pytest.mark.skipif(os.environ.get("NUMBA_DISABLE_JIT") == "1", reason="already running without the JIT")
+def test_shared_kernel_tests_pass_on_numba_under_numba_disable_jit():
+    """tests/test_kernels.py, numba's share, with NUMBA_DISABLE_JIT=1: the kernels as Python for debugging."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-x",
+            "-p",
+            "no:cacheprovider",
+            "tests/test_kernels.py",
+            "-k",
+            "numba",
+        ],
+        env={**os.environ, "NUMBA_DISABLE_JIT": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert " passed" in done.stdout
+
+
+@pytest.mark.slow
+def test_cold_warmup_fills_an_empty_cache_that_a_fresh_process_then_loads(tmp_path):
+    """With an empty NUMBA_CACHE_DIR, warmup compiles everything (two processes at once); afterwards a
+    fresh process finds every kernel in the cache (no compilation)."""
+    code = (
+        "import json\n"
+        "from fastconv.backends import numba_backend as nb, _numba_kernels as k\n"
+        "nb.warmup()\n"
+        "names = ('im2col_planes', 'col2im_planes', 'maxpool_forward', 'maxpool_backward')\n"
+        "print(json.dumps({n: [len(getattr(k, n).stats.cache_hits), len(getattr(k, n).stats.cache_misses)]"
+        " for n in names}))\n"
+    )
+    cold = json.loads(_run_in_fresh_python(code, NUMBA_CACHE_DIR=str(tmp_path)))
+    assert any(misses for _, misses in cold.values())
+    assert any(tmp_path.rglob("*.nbi"))
+    warm = json.loads(_run_in_fresh_python(code, NUMBA_CACHE_DIR=str(tmp_path)))
+    assert all(misses == 0 for _, misses in warm.values()), warm
+
+
+@pytest.mark.parametrize("wide_max_p", [0, 1 << 30], ids=["per-image", "wide"])
+def test_split_gemms_match_one_threaded_blas_call(rng, monkeypatch, wide_max_p):
+    """GEMM_THREADS="split" (one single-threaded BLAS call per thread) agrees with one BLAS call."""
+    monkeypatch.setattr(nb, "WIDE_MAX_P", wide_max_p)
+    x, W, b = _data(rng, (5, 4, 9, 8), (6, 4, 3, 3), np.float64)
+    dout = rng.standard_normal((5, 6, 9, 8))
+    results = {}
+    for mode in ("split", "blas"):
+        monkeypatch.setattr(nb, "GEMM_THREADS", mode)
+        results[mode] = (
+            nb.conv2d_forward(x, W, b, ONE, ONE, ONE),
+            *nb.conv2d_backward(dout, x, W, ONE, ONE, ONE),
+        )
+    for got, want in zip(results["split"], results["blas"]):
+        np.testing.assert_allclose(got, want, **TOL[np.float64])
