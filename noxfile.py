@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import nox
 
+ASV = ("--config", "benchmarks/asv.conf.json")
+ASV_SMOKE = "'float32', '(S1|P1|T1)'\\)"  # a few cheap benchmarks, one quick repeat
+
 nox.options.sessions = ["lint", "tests"]
 nox.options.reuse_existing_virtualenvs = True
 
@@ -27,3 +30,63 @@ def gpu(session: nox.Session) -> None:
     """The GPU runbook: the `gpu` tests, then conv and max pool timed against PyTorch/cuDNN on the same device."""
     session.install("-e", ".[test,cuda12]")
     session.run("python", "-m", "fastconv.gpu_runbook", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """pytest-benchmark on every backend (+ PyTorch CPU); `-- --benchmark-disable` is the CI smoke."""
+    session.install("-e", ".[numba,bench]")
+    session.run("python", "-m", "pip", "install", "--quiet", "torch==2.13.0", success_codes=[0, 1])
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "benchmarks/pytest_suite",
+        "-p",
+        "no:cacheprovider",
+        "--benchmark-group-by=group",
+        "--benchmark-columns=median,min,max,rounds",
+        "--benchmark-sort=mean",
+        *session.posargs,
+        env={"FASTCONV_BENCH_THREADS": "2"},
+    )
+
+
+@nox.session
+def asv(session: nox.Session) -> None:
+    """`nox -s asv`: this checkout; `-- continuous BASE HEAD`: two commits; `-- smoke`: the CI smoke run."""
+    session.install("-e", ".[numba,bench]")
+    session.run("asv", "machine", "--yes", *ASV)
+    args = list(session.posargs)
+    if args[:1] == ["smoke"]:
+        session.run("asv", "check", *ASV, "-E", "existing")
+        session.run(
+            "asv",
+            "run",
+            *ASV,
+            "-E",
+            "existing",
+            "--quick",
+            "--dry-run",
+            "--show-stderr",
+            "--bench",
+            ASV_SMOKE,
+            *args[1:],
+        )
+    elif args[:1] == ["continuous"]:
+        base, head = args[1:3] + ["main", "HEAD"][len(args[1:3]) :]
+        session.run(
+            "asv",
+            "continuous",
+            *ASV,
+            "-E",
+            "virtualenv",
+            "--factor",
+            "1.2",
+            "--show-stderr",
+            base,
+            head,
+            *args[3:],
+        )
+    else:
+        session.run("asv", "run", *ASV, "-E", "existing", "--set-commit-hash", "HEAD", "--show-stderr", *args)

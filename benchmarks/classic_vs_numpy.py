@@ -18,9 +18,6 @@ import numpy as np
 
 import fastconv
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import reference  # noqa: E402
-
 SHAPES = {
     "S1 x(100,1,28,28) W(30,1,5,5)": ((100, 1, 28, 28), (30, 1, 5, 5), 0),
     "S4 x(64,64,32,32) W(64,64,3,3) p1": ((64, 64, 32, 32), (64, 64, 3, 3), 1),
@@ -38,12 +35,17 @@ def median_ms(fn, repeat):
 
 
 def main() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    import reference  # the book's classic layers, kept with the tests
+
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--dtype", default="float64")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    print(f"| shape ({args.dtype}) | classic fwd ms | numpy fwd ms | ratio | classic bwd ms | numpy bwd ms | ratio |")
+    print(
+        f"| shape ({args.dtype}) | classic fwd ms | numpy fwd ms | ratio | classic bwd ms | numpy bwd ms | ratio |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for label, (xs, ws, pad) in SHAPES.items():
         x = rng.standard_normal(xs).astype(args.dtype)
@@ -51,10 +53,15 @@ def main() -> None:
         b = rng.standard_normal(ws[0]).astype(args.dtype)
         book = reference.BookConvolution(W, b, 1, pad)
         dout = rng.standard_normal(book.forward(x).shape).astype(args.dtype)
-        cf = median_ms(lambda: book.forward(x), args.repeat)
-        cb = median_ms(lambda: book.backward(dout), args.repeat)
-        nf = median_ms(lambda: fastconv.conv2d(x, W, b, 1, pad, backend="numpy"), args.repeat)
-        nb = median_ms(lambda: fastconv.conv2d_backward(dout, x, W, 1, pad, backend="numpy"), args.repeat)
+        cf = median_ms(lambda book=book, x=x: book.forward(x), args.repeat)
+        cb = median_ms(lambda book=book, dout=dout: book.backward(dout), args.repeat)
+        nf = median_ms(
+            lambda x=x, W=W, b=b, pad=pad: fastconv.conv2d(x, W, b, 1, pad, backend="numpy"), args.repeat
+        )
+        nb = median_ms(
+            lambda d=dout, x=x, W=W, pad=pad: fastconv.conv2d_backward(d, x, W, 1, pad, backend="numpy"),
+            args.repeat,
+        )
         print(f"| {label} | {cf:.1f} | {nf:.1f} | {cf / nf:.2f}x | {cb:.1f} | {nb:.1f} | {cb / nb:.2f}x |")
 
 

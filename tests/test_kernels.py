@@ -337,3 +337,27 @@ def test_results_are_deterministic_run_to_run(on, rng):
     b = [on.host(g) for g in fastconv.conv2d_backward(*on(dout, x, W), 1, 1, backend=on.name)]
     for ga, gb in zip(a, b):
         np.testing.assert_array_equal(ga, gb)
+
+
+# -- PyTorch as a second, independent oracle (optional: skips when torch is not installed) -------
+
+
+@pytest.mark.parametrize("stride, pad, dilation", [(1, 0, 1), (2, 1, 1), (1, 2, 2)])
+def test_conv_and_pool_agree_with_pytorch(on, rng, stride, pad, dilation):
+    torch = pytest.importorskip("torch")
+    tf = torch.nn.functional
+    x = rng.standard_normal((2, 3, 11, 10))
+    W, b = rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
+    xt, Wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, W, b))
+    yt = tf.conv2d(xt, Wt, bt, stride, pad, dilation)
+    dout = rng.standard_normal(tuple(yt.shape))
+    yt.backward(torch.tensor(dout))
+    y = fastconv.conv2d(*on(x, W, b), stride, pad, dilation, backend=on.name)
+    np.testing.assert_allclose(on.host(y), yt.detach().numpy(), rtol=1e-10, atol=1e-12)
+    grads = fastconv.conv2d_backward(*on(dout, x, W), stride, pad, dilation, backend=on.name)
+    for got, want in zip(grads, (xt.grad, Wt.grad, bt.grad)):
+        np.testing.assert_allclose(on.host(got), want.numpy(), rtol=1e-10, atol=1e-12)
+    pool_pad = min(pad, 1)
+    pt = tf.max_pool2d(torch.tensor(x), 3, stride, pool_pad, dilation)
+    yp, arg = fastconv.max_pool2d(on(x), 3, stride, pool_pad, dilation, backend=on.name)
+    np.testing.assert_array_equal(on.host(yp), pt.numpy())

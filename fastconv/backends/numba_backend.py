@@ -403,9 +403,7 @@ def maxpool2d_forward(
     oh, ow = conv_output_size(x.shape[2:], (kh, kw), stride, pad, dilation)
     y = np.empty((n, c, oh, ow), dtype=x.dtype)
     argmax = np.empty((n, c, oh, ow), dtype=np.int32)
-    # One vectorised NumPy pass (max propagates NaN) decides whether the kernel must test for NaN.
-    nan_aware = x.size > 0 and bool(np.isnan(x.max()))
-    _k().maxpool_forward(x, y, argmax, kh, kw, *stride, *pad, *dilation, nan_aware)
+    _k().maxpool_forward(x, y, argmax, kh, kw, *stride, *pad, *dilation)
     return y, argmax
 
 
