@@ -5,7 +5,12 @@ Temporary measurement script for issue 3 (``fastconv bench`` supersedes it)::
     python benchmarks/numba_vs_torch.py [--threads 2] [--dtype float32 float64] [--repeat 7] [--only S1 P2]
 
 Forward and backward (dx, dW, db) are timed separately; each figure is the median of
-``--repeat`` timed calls after warm-up calls. ``ratio`` = numba time / torch time (< 1: numba faster).
+``--repeat`` timed calls after warm-up calls, numba and torch interleaved, with a pause of
+``--gap-ms`` before each call. ``ratio`` = numba time / torch time (< 1: numba faster).
+Case ``T1`` is one whole training step (forward + backward, no update) of the Keras-style MNIST
+network Conv2D(32, 3x3, relu) - MaxPooling2D(2) - Conv2D(64) - MaxPooling2D - Conv2D(64) - Flatten -
+Dense(64, relu) - Dense(10, softmax) on a batch of 64: ``fastconv.train.keras.Sequential`` on numba
+vs the same network in torch eager (torch.nn, cross-entropy loss, ``loss.backward()``).
 """
 
 from __future__ import annotations
@@ -33,6 +38,12 @@ POOL = {
 }
 
 
+# Pause before each timed call: torch's OpenMP threads (and OpenBLAS's) spin-wait for a while after
+# a call returns; without the pause they held both cores during the next (numba) call, which then
+# took up to 2x longer (measured: P3 max pool forward 24.8 ms right after torch, 11 ms alone).
+GAP_S = 0.005
+
+
 def timeit(fn, repeat: int) -> float:
     """Median seconds of ``repeat`` calls after two warm-up calls."""
     return pair_timeit(fn, None, repeat)[0]
@@ -48,6 +59,7 @@ def pair_timeit(fa, fb, repeat: int) -> tuple[float, float]:
     times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeat):
         for f, ts in zip(fns, times):
+            time.sleep(GAP_S)  # let the other side's spinning threads (OpenMP, OpenBLAS) go idle
             t = time.perf_counter()
             f()
             ts.append(time.perf_counter() - t)
@@ -117,16 +129,68 @@ def bench_pool(case, spec, dtype, rng, repeat, nb, torch, F) -> None:
     row(case, dtype, "bwd", b_nb, b_t)
 
 
+def bench_train(case, dtype, rng, repeat, torch) -> None:
+    """One training step (forward + backward) of the Keras-style MNIST network, batch 64."""
+    from fastconv.train.keras import Conv2D, Dense, Flatten, MaxPooling2D, Sequential
+
+    model = Sequential(
+        [
+            Conv2D(32, (3, 3), activation="relu", input_shape=(28, 28, 1)),
+            MaxPooling2D((2, 2)),
+            Conv2D(64, (3, 3), activation="relu"),
+            MaxPooling2D((2, 2)),
+            Conv2D(64, (3, 3), activation="relu"),
+            Flatten(),
+            Dense(64, activation="relu"),
+            Dense(10, activation="softmax"),
+        ],
+        backend="numba",
+        dtype=dtype,
+        seed=0,
+    )
+    model.compile(optimizer="rmsprop", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    x = rng.random((64, 1, 28, 28)).astype(dtype)
+    t = rng.integers(0, 10, 64)
+    model.build()
+    nn = torch.nn
+    tdt = getattr(torch, dtype)
+    net = nn.Sequential(
+        nn.Conv2d(1, 32, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(64, 64, 3),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(576, 64),
+        nn.ReLU(),
+        nn.Linear(64, 10),
+    ).to(tdt)
+    tx, tt = torch.from_numpy(x), torch.from_numpy(t)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def t_step():
+        net.zero_grad(set_to_none=True)
+        loss_fn(net(tx), tt).backward()
+
+    n_step, t_s = pair_timeit(lambda: model.loss_and_gradient(x, t), t_step, repeat)
+    row(case, dtype, "step", n_step, t_s)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dtype", nargs="+", default=["float32", "float64"])
     ap.add_argument("--repeat", type=int, default=7)
-    ap.add_argument("--only", nargs="+", default=None, help="case names, e.g. S1 P2")
+    ap.add_argument("--only", nargs="+", default=None, help="case names, e.g. S1 P2 T1")
     ap.add_argument("--chunk-mib", type=float, default=None, help="override numba_backend.CHUNK_BYTES")
     ap.add_argument(
-        "--gemm", choices=["split", "blas"], default=None, help="override numba_backend.GEMM_THREADS"
+        "--gemm", choices=["auto", "split", "blas"], default=None, help="override numba_backend.GEMM_THREADS"
     )
+    ap.add_argument("--gap-ms", type=float, default=5.0, help="pause before each timed call")
+    ap.add_argument("--wide-max-p", type=int, default=None, help="override numba_backend.WIDE_MAX_P")
     args = ap.parse_args(argv)
 
     import torch
@@ -136,6 +200,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.gemm is not None:
         nb.GEMM_THREADS = args.gemm
+    global GAP_S
+    GAP_S = args.gap_ms / 1e3
+    if args.wide_max_p is not None:
+        nb.WIDE_MAX_P = args.wide_max_p
     if args.chunk_mib is not None:
         nb.CHUNK_BYTES = int(args.chunk_mib * 2**20)
     torch.set_num_threads(args.threads)
@@ -162,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         for case, spec in POOL.items():
             if not args.only or case in args.only:
                 bench_pool(case, spec, dtype, rng, args.repeat, nb, torch, F)
+        if not args.only or "T1" in args.only:
+            bench_train("T1", dtype, rng, args.repeat, torch)
     return 0
 
 

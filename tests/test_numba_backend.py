@@ -186,6 +186,43 @@ def test_pooling_counts_padding_as_minus_infinity():
     )
 
 
+# (x shape, kernel, stride, pad, dilation): the unrolled 2x2 and 3x3 paths, the 2x2/2 tiling
+# backward (even and odd sizes), overlapping windows, and the general loop
+POOL_CASES = [
+    ((2, 3, 8, 10), (2, 2), (2, 2), (0, 0), (1, 1)),
+    ((2, 3, 9, 7), (2, 2), (2, 2), (0, 0), (1, 1)),
+    ((2, 3, 9, 11), (3, 3), (2, 2), (1, 1), (1, 1)),
+    ((2, 2, 7, 8), (3, 3), (1, 1), (0, 1), (1, 1)),
+    ((2, 2, 8, 9), (2, 3), (1, 2), (1, 0), (2, 1)),
+    ((2, 2, 6, 6), (2, 2), (3, 3), (1, 1), (1, 1)),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("xs, kernel, stride, pad, dilation", POOL_CASES)
+def test_pooling_fast_paths_match_the_numpy_backend_with_ties_nans_and_infs(
+    rng, dtype, xs, kernel, stride, pad, dilation
+):
+    x = rng.integers(-3, 4, size=xs).astype(dtype)  # small integers: many ties
+    x[1, 1, 2, 0] = np.inf
+    x[1, 0, 0, 1] = -np.inf
+    args = (*kernel, stride, pad, dilation)
+    for nan in (False, True):  # with a NaN in x every window takes the exact loop
+        if nan:
+            x[0, 0, 1, 1:3] = np.nan
+        y, am = nb.maxpool2d_forward(x, *args)
+        want_y, want_am = numpy_backend.maxpool2d_forward(x, *args)
+        np.testing.assert_array_equal(am, want_am)
+        np.testing.assert_array_equal(y, want_y)
+    dout = rng.standard_normal(y.shape).astype(dtype)
+    dout[0, 0, 0, 0] = np.inf  # a gradient the 2x2/2 bit-mask path must copy as is, with +0 around it
+    dx = nb.maxpool2d_backward(dout, am, xs, *args)
+    want = numpy_backend.maxpool2d_backward(dout, am, xs, *args)
+    np.testing.assert_allclose(dx, want, **TOL[dtype])
+    assert not np.signbit(dx[want == 0]).any()
+    assert np.array_equal(dx, nb.maxpool2d_backward(dout, am, xs, *args))  # deterministic
+
+
 def test_warmup_compiles_every_kernel_for_float32_and_float64():
     from numba.core.registry import CPUDispatcher
 

@@ -50,80 +50,123 @@ def _valid_range(j_off: int, stride: int, size: int, n_out: int) -> tuple[int, i
 
 @njit(**_PLAIN)
 def im2col_planes(x, n0, col, wide, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n):  # pragma: no cover
-    """Fill col from images n0..n0+B of x; prange over (image, channel) planes.
+    """Fill col from images n0..n0+B of x (C-contiguous); prange over (image, channel) planes.
 
-    col is (B, C*kh*kw, OH*OW) (per-image layout), or (C*kh*kw, B, OH*OW) when ``wide`` (one GEMM
-    for all B images). Every inner loop runs from 0 over a slice (no negative indices), so it
-    compiles to a vector copy.
+    col is (B, K, OH*OW) (per-image layout), or (K, B, OH*OW) when ``wide`` (one GEMM for all B
+    images), K >= C*kh*kw (rows past C*kh*kw are left alone). Flat indices throughout: slicing
+    per output row cost more than the copy itself for short rows (S3: 11 elements).
     """
     b_n = col.shape[1] if wide else col.shape[0]
+    k_n = col.shape[0] if wide else col.shape[1]
     c_n, h_n, w_n = x.shape[1], x.shape[2], x.shape[3]
+    p_n = oh_n * ow_n
+    p_c = col.shape[2]  # OH*OW, or OH*W in the flat layout
+    xf = x.reshape(x.size)
+    cf = col.reshape(col.size)
     for t in prange(b_n * c_n):
         b = t // c_n
         c = t % c_n
-        xp = x[n0 + b, c]
+        xb = ((n0 + b) * c_n + c) * h_n * w_n
+        if p_c != p_n:
+            # flat layout (stride 1, no padding or dilation): rows of pitch W, one contiguous copy per tap;
+            # col[(c*kh + i)*kw + j, b, oh*W + w] = x[n0 + b, c, oh + i, w + j] (columns w >= OW unused)
+            for i in range(kh):
+                for j in range(kw):
+                    r = (c * kh + i) * kw + j
+                    cb = (r * b_n + b) * p_c if wide else (b * k_n + r) * p_c
+                    m = min(p_c, h_n * w_n - i * w_n - j)
+                    dst = cf[cb : cb + p_c]
+                    src = xf[xb + i * w_n + j : xb + i * w_n + j + m]
+                    for q in range(m):
+                        dst[q] = src[q]
+                    for q in range(m, p_c):
+                        dst[q] = 0
+            continue
         for i in range(kh):
             for j in range(kw):
                 # col[b, (c*kh + i)*kw + j, oh*OW + ow] = xpad[n0 + b, c, oh*sh + i*dh, ow*sw + j*dw]
-                cr = col[(c * kh + i) * kw + j, b] if wide else col[b, (c * kh + i) * kw + j]
+                r = (c * kh + i) * kw + j
+                cb = (r * b_n + b) * p_n if wide else (b * k_n + r) * p_n
                 w0 = j * dw - pw
                 lo, hi = _valid_range(w0, sw, w_n, ow_n)
-                m = hi - lo
                 for oh in range(oh_n):
                     h = oh * sh + i * dh - ph
-                    row = cr[oh * ow_n : (oh + 1) * ow_n]
-                    if h < 0 or h >= h_n or m == 0:
+                    o = cb + oh * ow_n
+                    if h < 0 or h >= h_n or hi == lo:
                         for q in range(ow_n):
-                            row[q] = 0
+                            cf[o + q] = 0
                         continue
-                    for q in range(lo):
-                        row[q] = 0
-                    tail = row[hi:]
-                    for q in range(ow_n - hi):
-                        tail[q] = 0
-                    dst = row[lo:hi]
-                    src = xp[h, lo * sw + w0 :]
-                    if sw == 1:
+                    if lo > 0 or hi < ow_n:
+                        for q in range(lo):
+                            cf[o + q] = 0
+                        for q in range(hi, ow_n):
+                            cf[o + q] = 0
+                    m = hi - lo
+                    s0 = xb + h * w_n + lo * sw + w0
+                    dst = cf[o + lo : o + hi]
+                    if sw == 1:  # slices from 0: no negative-index test, a vector copy
+                        src = xf[s0 : s0 + m]
                         for q in range(m):
                             dst[q] = src[q]
                     else:
+                        src = xf[s0 : s0 + (m - 1) * sw + 1]
                         for q in range(m):
                             dst[q] = src[q * sw]
 
 
 @njit(**_PLAIN)
 def col2im_planes(dcol, n0, dx, wide, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n):  # pragma: no cover
-    """Write dx[n0:n0+B] from dcol (B, C*kh*kw, OH*OW), or (C*kh*kw, B, OH*OW) when ``wide``;
-    prange over planes, taps summed in order."""
+    """Write dx[n0:n0+B] (C-contiguous) from dcol (B, C*kh*kw, OH*OW), or (C*kh*kw, B, OH*OW)
+    when ``wide`` (C-contiguous); prange over planes, taps summed in order, flat indices."""
     b_n = dcol.shape[1] if wide else dcol.shape[0]
+    k_n = dcol.shape[0] if wide else dcol.shape[1]
     c_n, h_n, w_n = dx.shape[1], dx.shape[2], dx.shape[3]
+    p_n = oh_n * ow_n
+    p_c = dcol.shape[2]  # OH*OW, or OH*W in the flat layout (see im2col_planes)
+    df = dx.reshape(dx.size)
+    cf = dcol.reshape(dcol.size)
     for t in prange(b_n * c_n):
         b = t // c_n
         c = t % c_n
-        dp = dx[n0 + b, c]
-        for h in range(h_n):
-            dr = dp[h]
-            for w in range(w_n):
-                dr[w] = 0
+        db = ((n0 + b) * c_n + c) * h_n * w_n
+        for q in range(h_n * w_n):
+            df[db + q] = 0
+        if p_c != p_n:
+            # flat layout: dx[n0 + b, c, oh + i, w + j] += dcol[(c*kh + i)*kw + j, b, oh*W + w], one run per
+            # tap; columns w >= OW hold W2d.T @ 0 = 0 (the caller zeroes dout there) and add nothing
+            for i in range(kh):
+                for j in range(kw):
+                    r = (c * kh + i) * kw + j
+                    cb = (r * b_n + b) * p_c if wide else (b * k_n + r) * p_c
+                    m = min(p_c, h_n * w_n - i * w_n - j)
+                    dst = df[db + i * w_n + j : db + i * w_n + j + m]
+                    src = cf[cb : cb + m]
+                    for q in range(m):
+                        dst[q] += src[q]
+            continue
         for i in range(kh):
             for j in range(kw):
                 # dx[n0 + b, c, oh*sh + i*dh - ph, ow*sw + j*dw - pw] += dcol[b, (c*kh + i)*kw + j, oh*OW + ow]
-                cr = dcol[(c * kh + i) * kw + j, b] if wide else dcol[b, (c * kh + i) * kw + j]
+                r = (c * kh + i) * kw + j
+                cb = (r * b_n + b) * p_n if wide else (b * k_n + r) * p_n
                 w0 = j * dw - pw
                 lo, hi = _valid_range(w0, sw, w_n, ow_n)
-                m = hi - lo
-                if m == 0:
+                if hi == lo:
                     continue
                 for oh in range(oh_n):
                     h = oh * sh + i * dh - ph
                     if h < 0 or h >= h_n:
                         continue
-                    src = cr[oh * ow_n + lo : oh * ow_n + hi]
-                    dst = dp[h, lo * sw + w0 :]
-                    if sw == 1:
+                    m = hi - lo
+                    s0 = cb + oh * ow_n + lo
+                    d0 = db + h * w_n + lo * sw + w0
+                    src = cf[s0 : s0 + m]
+                    if sw == 1:  # slices from 0: no negative-index test, a vector add
+                        dst = df[d0 : d0 + m]
                         for q in range(m):
                             dst[q] += src[q]
                     else:
+                        dst = df[d0 : d0 + (m - 1) * sw + 1]
                         for q in range(m):
                             dst[q * sw] += src[q]
 
@@ -133,7 +176,7 @@ def col2im_planes(dcol, n0, dx, wide, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n
 # ----------------------------------------------------------------------------------------------
 
 
-@njit(inline="always")
+@njit(cache=True)
 def _window_max(xp, h0, w0, kh, kw, dh, dw, ninf):  # pragma: no cover - jitted
     """Max and first argmax of the window at (h0, w0) of plane xp; -inf outside xp, first NaN wins."""
     h_n, w_n = xp.shape
@@ -153,39 +196,15 @@ def _window_max(xp, h0, w0, kh, kw, dh, dw, ninf):  # pragma: no cover - jitted
     return best, bi
 
 
-@njit(inline="always")
-def _inner_row(xp, yr, ar, h0, lo, hi, kh, kw, sw, w_off):  # pragma: no cover - jitted
-    """Windows lo..hi of one output row, all inside xp, dilation 1, NaN ignored; returns whether the
-    row held a NaN (the caller then redoes it with the exact loop).
-
-    Called with literal kh, kw (2 or 3) so that LLVM unrolls the window and keeps it in registers.
-    """
-    nan = False
-    for ow in range(lo, hi):
-        # window element (i, j) = xp[h0 + i, ow*sw + w_off + j]
-        w0 = ow * sw + w_off
-        best = xp[h0, w0]
-        bi = 0
-        for i in range(kh):
-            for j in range(kw):
-                v = xp[h0 + i, w0 + j]
-                nan |= v != v
-                if v > best:
-                    best = v
-                    bi = i * kw + j
-        yr[ow] = best
-        ar[ow] = bi
-    return nan
-
-
 @njit(**_PLAIN)
-def maxpool_forward(x, y, am, kh, kw, sh, sw, ph, pw, dh, dw):  # pragma: no cover - jitted
+def maxpool_forward(x, y, am, kh, kw, sh, sw, ph, pw, dh, dw, nan_aware):  # pragma: no cover - jitted
     """Fill y, am (N, C, OH, OW) from x (N, C, H, W): max and argmax; prange over (image, channel) planes.
 
     argmax is the window-local index i*kw + j of the first maximum in row-major order; padding
     reads as -inf and a NaN counts as the maximum (the first NaN wins), as numpy.argmax does.
-    2x2 and 3x3 windows (dilation 1) that lie inside x take an unrolled loop without the NaN test;
-    a row in which that loop met a NaN is redone by the exact loop, as are the border windows.
+    ``nan_aware=False`` (the caller found no NaN in x): 2x2 and 3x3 windows (dilation 1) inside x
+    take plain compares, written out; other windows, and every window when x holds a NaN, take the
+    exact loop.
     """
     n_n, c_n, h_n, w_n = x.shape
     oh_n, ow_n = y.shape[2], y.shape[3]
@@ -193,7 +212,10 @@ def maxpool_forward(x, y, am, kh, kw, sh, sw, ph, pw, dh, dw):  # pragma: no cov
     # windows inside x: ow in [lo, hi), oh in [hlo, hhi)
     lo, hi = _valid_range(-pw, sw, w_n - (kw - 1) * dw, ow_n)
     hlo, hhi = _valid_range(-ph, sh, h_n - (kh - 1) * dh, oh_n)
-    fast = dh == 1 and dw == 1 and ((kh == 2 and kw == 2) or (kh == 3 and kw == 3))
+    if nan_aware:
+        hlo, hhi = 0, 0
+    k22 = kh == 2 and kw == 2 and dh == 1 and dw == 1
+    k33 = kh == 3 and kw == 3 and dh == 1 and dw == 1
     for t in prange(n_n * c_n):
         n = t // c_n
         c = t % c_n
@@ -205,29 +227,83 @@ def maxpool_forward(x, y, am, kh, kw, sh, sw, ph, pw, dh, dw):  # pragma: no cov
             h0 = oh * sh - ph
             yr = yp[oh]
             ar = ap[oh]
-            a, b = (lo, hi) if (fast and hlo <= oh < hhi) else (0, 0)
-            if b > a:
-                if kh == 2:
-                    nan = _inner_row(xp, yr, ar, h0, a, b, 2, 2, sw, -pw)
-                else:
-                    nan = _inner_row(xp, yr, ar, h0, a, b, 3, 3, sw, -pw)
-                if nan:  # a NaN in the row: redo it with the exact loop
-                    a, b = 0, 0
-            for ow in range(ow_n):
-                if a <= ow < b:
-                    continue
+            a, b = (lo, hi) if hlo <= oh < hhi and (k22 or k33) else (0, 0)
+            for ow in range(0, a):
                 yr[ow], ar[ow] = _window_max(xp, h0, ow * sw - pw, kh, kw, dh, dw, ninf)
+            for ow in range(max(a, b), ow_n):
+                yr[ow], ar[ow] = _window_max(xp, h0, ow * sw - pw, kh, kw, dh, dw, ninf)
+            if b <= a:
+                continue
+            # windows a..b lie inside x and x holds no NaN: plain compares, written out (numba loaded
+            # an unrolled-by-inlining version of this loop from its cache as 2x slower code)
+            r0 = xp[h0]
+            r1 = xp[h0 + 1]
+            if k22:
+                for ow in range(a, b):
+                    # window (i, j) = x[n, c, h0 + i, w0 + j], w0 = ow*sw - pw
+                    w0 = ow * sw - pw
+                    best = r0[w0]
+                    bi = 0
+                    v = r0[w0 + 1]
+                    if v > best:
+                        best, bi = v, 1
+                    v = r1[w0]
+                    if v > best:
+                        best, bi = v, 2
+                    v = r1[w0 + 1]
+                    if v > best:
+                        best, bi = v, 3
+                    yr[ow] = best
+                    ar[ow] = bi
+            else:
+                r2 = xp[h0 + 2]
+                for ow in range(a, b):
+                    # window (i, j) = x[n, c, h0 + i, w0 + j], w0 = ow*sw - pw
+                    w0 = ow * sw - pw
+                    best = r0[w0]
+                    bi = 0
+                    v = r0[w0 + 1]
+                    if v > best:
+                        best, bi = v, 1
+                    v = r0[w0 + 2]
+                    if v > best:
+                        best, bi = v, 2
+                    v = r1[w0]
+                    if v > best:
+                        best, bi = v, 3
+                    v = r1[w0 + 1]
+                    if v > best:
+                        best, bi = v, 4
+                    v = r1[w0 + 2]
+                    if v > best:
+                        best, bi = v, 5
+                    v = r2[w0]
+                    if v > best:
+                        best, bi = v, 6
+                    v = r2[w0 + 1]
+                    if v > best:
+                        best, bi = v, 7
+                    v = r2[w0 + 2]
+                    if v > best:
+                        best, bi = v, 8
+                    yr[ow] = best
+                    ar[ow] = bi
 
 
 @njit(**_PLAIN)
-def maxpool_backward(dout, argmax, dx, kh, kw, sh, sw, ph, pw, dh, dw):  # pragma: no cover - jitted
+def maxpool_backward(dout, argmax, dx, gbits, dbits, kh, kw, sh, sw, ph, pw, dh, dw):  # pragma: no cover
     """Write dx (N, C, H, W): each window's dout goes to the element its argmax names; prange over planes.
 
-    Each plane of dx is zeroed and then accumulated in L1 (windows in output order, so overlapping
-    windows sum deterministically); the argmax k = i*kw + j maps to a flat offset through a table.
+    ``gbits``, ``dbits`` are dout and dx viewed as same-size integers. 2x2 windows with stride 2
+    that tile x exactly (no padding) take one branch-free pass that writes every element of dx
+    once: the gradient's bits where the argmax points, masked to +0 elsewhere. Otherwise each plane
+    of dx is zeroed and then accumulated in L1 (windows in output order, so overlapping windows sum
+    deterministically); the argmax k = i*kw + j maps to a flat offset through a table.
     """
     n_n, c_n, oh_n, ow_n = dout.shape
     h_n, w_n = dx.shape[2], dx.shape[3]
+    tiles = kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0 and dh == 1 and dw == 1
+    tiles = tiles and h_n == 2 * oh_n and w_n == 2 * ow_n
     hw = h_n * w_n
     d = dx.reshape(n_n * c_n * hw)
     # k = i*kw + j -> flat offset i*dh*W + j*dw from the window origin
@@ -240,9 +316,26 @@ def maxpool_backward(dout, argmax, dx, kh, kw, sh, sw, ph, pw, dh, dw):  # pragm
     for t in prange(n_n * c_n):
         n = t // c_n
         c = t % c_n
-        dp = d[t * hw : (t + 1) * hw]
         gp = dout[n, c]
         ap = argmax[n, c]
+        if tiles:
+            gb = gbits[n, c]
+            db = dbits[n, c]
+            for oh in range(oh_n):
+                gr = gb[oh]
+                ar = ap[oh]
+                r0 = db[2 * oh]
+                r1 = db[2 * oh + 1]
+                for ow in range(ow_n):
+                    # dx[n, c, 2*oh + i, 2*ow + j] = dout[n, c, oh, ow] if argmax == 2*i + j else +0
+                    k = ar[ow]
+                    g = gr[ow]
+                    r0[2 * ow] = g & -int(k == 0)
+                    r0[2 * ow + 1] = g & -int(k == 1)
+                    r1[2 * ow] = g & -int(k == 2)
+                    r1[2 * ow + 1] = g & -int(k == 3)
+            continue
+        dp = d[t * hw : (t + 1) * hw]
         for q in range(hw):
             dp[q] = 0
         for oh in range(oh_n):

@@ -16,12 +16,16 @@ How each operation runs (see :mod:`fastconv.backends` for the contract):
   ``col2im(W2d.T @ dout)`` with a per-plane gather. One-channel layers take the same path:
   direct loops (no im2col) were measured 3-20x slower on S1 x(100,1,28,28) W(30,1,5,5) and
   S2 x(64,1,28,28) W(32,1,3,3), so there is no direct path.
-* max pooling: direct loops, one pass for the value and the argmax; backward scatters through
-  the argmax per (image, channel) plane.
+  Wide GEMMs with stride 1 and no padding or dilation (S3) use the flat column layout of
+  :func:`_flat_cols`: each tap's column row is one contiguous copy of x.
+* max pooling: direct loops, one pass for the value and the argmax, the 2x2 and 3x3 windows
+  unrolled (a NumPy pass over x first decides whether NaNs need the exact loop); backward writes
+  2x2/2 tilings in one branch-free pass of bit masks, otherwise zeroes and scatters through the
+  argmax per (image, channel) plane.
 
-Threads: numba's threads (``NUMBA_NUM_THREADS``, :func:`set_threads`) run the loops; each GEMM is
-cut into one share per thread, each share a single-threaded BLAS call in a Python thread (see
-``GEMM_THREADS``). The threading layer is ``workqueue`` unless ``NUMBA_THREADING_LAYER`` is set:
+Threads: numba's threads (``NUMBA_NUM_THREADS``, :func:`set_threads`) run the loops; large
+per-image GEMMs are cut into one share per thread, each share a single-threaded BLAS call in a
+Python thread, while wide and small GEMMs are one BLAS call threaded by BLAS (see ``GEMM_THREADS``). The threading layer is ``workqueue`` unless ``NUMBA_THREADING_LAYER`` is set:
 numba's OpenMP layer spin-waits after each loop and fights the BLAS threads for the cores.
 ``workqueue`` does not support calling kernels from several Python threads at once; set
 ``NUMBA_THREADING_LAYER=tbb`` (with the ``tbb`` package) for that. NumPy allocates every array a
@@ -57,8 +61,14 @@ WIDE_MAX_P = 256
 # the images (or columns), so a thread that the OS preempts delays only its own share; "blas" makes
 # one call and lets BLAS thread it. Measured on the shared 2-core machine: OpenBLAS's threaded
 # GEMM took anywhere from 40 ms to 1.5 s for S4's forward GEMMs whenever other processes
-# competed for the cores (its threads spin-wait for each other inside the GEMM).
-GEMM_THREADS = "split"
+# competed for the cores (its threads spin-wait for each other inside the GEMM). "auto" (default)
+# lets BLAS thread the wide GEMMs (one call over a chunk of images: S3's forward GEMM ran at 120-145
+# GFLOP/s threaded, 1.6x faster than two single-threaded shares from Python threads, measured
+# here) and splits the per-image GEMMs (S4-S6).
+GEMM_THREADS = "auto"
+# "auto": per-image GEMMs smaller than this (multiply-adds) run as one batched BLAS call, where
+# handing them to Python threads cost more than they do (S1, S2: under 0.5 M; S4-S6: 38-75 M).
+SPLIT_MIN_MACS = 4_000_000
 
 _kernels: Any = None
 _executor: Any = None
@@ -211,6 +221,7 @@ def warmup(parallel: bool = True) -> float:
 def im2col(x: np.ndarray, kh: int, kw: int, stride: Pair, pad: Pair, dilation: Pair) -> np.ndarray:
     """x: (N, C, H, W) -> col: (N*OH*OW, C*kh*kw) (the book's layout)."""
     n, c = x.shape[:2]
+    x = np.ascontiguousarray(x)
     oh, ow = conv_output_size(x.shape[2:], (kh, kw), stride, pad, dilation)
     col = np.empty((n, c * kh * kw, oh * ow), dtype=x.dtype)
     _k().im2col_planes(x, 0, col, False, kh, kw, *stride, *pad, *dilation, oh, ow)
@@ -267,6 +278,13 @@ def _grad_batch(lo: int, hi: int, d: np.ndarray, c: np.ndarray) -> np.ndarray:
     return acc
 
 
+def _image_macs(fn: Any, args: tuple[Any, ...]) -> int:
+    """Multiply-adds of one image's GEMM in a per-image _split call."""
+    if fn is _mm_batch:  # (F, K) @ (K, P)
+        return args[0].size * args[1].shape[2]
+    return args[0].shape[1] * args[0].shape[2] * args[1].shape[1]  # _grad_batch: (F, P) @ (P, K + 1)
+
+
 def _split(fn: Any, total: int, *args: Any) -> list[Any]:
     """Run fn(lo, hi, *args) over [0, total) cut into one contiguous share per numba thread, each in its own
     Python thread with single-threaded BLAS (NumPy's matmul releases the GIL); results in order."""
@@ -274,7 +292,10 @@ def _split(fn: Any, total: int, *args: Any) -> list[Any]:
     import numba
 
     threads = min(numba.get_num_threads(), total)
-    if GEMM_THREADS != "split" or threads <= 1:
+    mode = GEMM_THREADS
+    if mode == "auto":
+        mode = "blas" if fn in (_mm_cols, _grad_cols) or _image_macs(fn, args) < SPLIT_MIN_MACS else "split"
+    if mode != "split" or threads <= 1:
         return [fn(0, total, *args)]
     if _blas_controller is None:
         try:
@@ -292,6 +313,19 @@ def _split(fn: Any, total: int, *args: Any) -> list[Any]:
         return [f.result() for f in futures]
 
 
+def _flat_cols(wide: bool, oh: int, w: int, ow: int, stride: Pair, pad: Pair, dilation: Pair) -> int:
+    """Column row length OH*W of the flat layout, or 0 where it does not apply.
+
+    Flat layout (wide GEMMs, stride 1, no padding or dilation): each tap's column row is one
+    contiguous run of x, ``x[n, c].ravel()[i*W + j :][: OH*W]``, so im2col is a plain copy (S3's rows
+    of 11 elements made im2col cost as much as its GEMM); the GEMM also computes the W - OW spill-over
+    columns of each output row (18% more work on S3), which are dropped with the transpose.
+    """
+    if wide and tuple(stride) == (1, 1) and tuple(pad) == (0, 0) and tuple(dilation) == (1, 1) and ow < w:
+        return oh * w
+    return 0
+
+
 def _wide(p: int) -> bool:
     """One GEMM over a chunk of images (wide layout) when each image's GEMM would be narrow."""
     return p < WIDE_MAX_P
@@ -305,6 +339,7 @@ def conv2d_forward(
     y[n] = [W2d | b] @ [col[n]; 1]: the bias rides in the GEMM as a row of ones under the columns.
     """
     k = _k()
+    x = np.ascontiguousarray(x)
     n = x.shape[0]
     f, c, kh, kw = W.shape
     oh, ow = conv_output_size(x.shape[2:], (kh, kw), stride, pad, dilation)
@@ -314,23 +349,25 @@ def conv2d_forward(
     if b is not None:
         w2 = np.concatenate([w2, b.reshape(f, 1)], axis=1)
     k1 = w2.shape[1]
-    step = _chunk(n, k1 * p * x.itemsize)
     wide = _wide(p)
+    pc = _flat_cols(wide, oh, x.shape[3], ow, stride, pad, dilation) or p  # column row length
+    step = _chunk(n, k1 * pc * x.itemsize)
     col = None
     for n0 in range(0, n, step):
         m = min(step, n - n0)
         if col is None or (col.shape[1] if wide else col.shape[0]) != m:
-            col = np.empty((k1, m, p) if wide else (m, k1, p), dtype=x.dtype)
+            col = np.empty((k1, m, pc) if wide else (m, k1, p), dtype=x.dtype)
             if wide:
                 col[kk:] = 1  # the bias row; im2col_planes writes rows [0, kk) only
             else:
                 col[:, kk:] = 1
         k.im2col_planes(x, n0, col, wide, kh, kw, *stride, *pad, *dilation, oh, ow)
-        if wide:  # (F, K) @ (K, m*P) -> (F, m, P) -> y[n0:n0+m] (N, F, P)
-            c2 = col.reshape(k1, m * p)
-            yw = np.empty((f, m * p), dtype=x.dtype)
-            _split(_mm_cols, m * p, w2, c2, yw)
-            y[n0 : n0 + m] = yw.reshape(f, m, p).transpose(1, 0, 2)
+        if wide:  # (F, K) @ (K, m*P) -> (F, m, P) -> y[n0:n0+m] (N, F, P), dropping flat-layout spill-over
+            c2 = col.reshape(k1, m * pc)
+            yw = np.empty((f, m * pc), dtype=x.dtype)
+            _split(_mm_cols, m * pc, w2, c2, yw)
+            y4 = y.reshape(n, f, oh, ow)
+            y4[n0 : n0 + m] = yw.reshape(f, m, oh, pc // oh)[:, :, :, :ow].transpose(1, 0, 2, 3)
         else:  # y[n] = W2d @ col[n]: (F, K) @ (K, OH*OW), written in place
             _split(_mm_batch, m, w2, col, y[n0 : n0 + m])
     return y.reshape(n, f, oh, ow)
@@ -351,6 +388,7 @@ def conv2d_backward(
     dx = col2im(W2d.T @ dout[n]).
     """
     k = _k()
+    x = np.ascontiguousarray(x)
     n = x.shape[0]
     f, c, kh, kw = W.shape
     oh, ow = dout.shape[2:]
@@ -359,29 +397,36 @@ def conv2d_backward(
     w2t = np.ascontiguousarray(W.reshape(f, kk).T)
     dwb = np.zeros((f, kk + 1), dtype=x.dtype)
     dx = np.empty(x.shape, dtype=x.dtype) if need_dx else None
-    step = _chunk(n, (2 * kk + 1) * p * x.itemsize if need_dx else (kk + 1) * p * x.itemsize)
     wide = _wide(p)
+    pc = _flat_cols(wide, oh, x.shape[3], ow, stride, pad, dilation) or p  # column row length
+    step = _chunk(n, (2 * kk + 1) * pc * x.itemsize if need_dx else (kk + 1) * pc * x.itemsize)
     col = None
     for n0 in range(0, n, step):
         m = min(step, n - n0)
         if col is None or (col.shape[1] if wide else col.shape[0]) != m:
-            col = np.empty((kk + 1, m, p) if wide else (m, kk + 1, p), dtype=x.dtype)
+            col = np.empty((kk + 1, m, pc) if wide else (m, kk + 1, p), dtype=x.dtype)
             if wide:
                 col[kk] = 1
             else:
                 col[:, kk] = 1
         k.im2col_planes(x, n0, col, wide, kh, kw, *stride, *pad, *dilation, oh, ow)
         if wide:
-            dt = np.ascontiguousarray(d3[n0 : n0 + m].transpose(1, 0, 2)).reshape(f, m * p)
-            c2 = col.reshape(kk + 1, m * p)
+            d_m = dout[n0 : n0 + m].transpose(1, 0, 2, 3)  # (F, m, OH, OW)
+            if pc != p:  # flat layout: dout with zeros in the spill-over columns OW..W-1
+                dt = np.zeros((f, m, oh, pc // oh), dtype=x.dtype)
+                dt[:, :, :, :ow] = d_m
+                dt = dt.reshape(f, m * pc)
+            else:
+                dt = np.ascontiguousarray(d_m).reshape(f, m * p)
+            c2 = col.reshape(kk + 1, m * pc)
             # [dW | db] += dout (F, m*P) @ [col; 1].T (m*P, K + 1), the sum over m*P cut into shares
-            for part in _split(_grad_cols, m * p, dt, c2):
+            for part in _split(_grad_cols, m * pc, dt, c2):
                 dwb += part
             if need_dx:
-                dcol = np.empty((kk, m * p), dtype=x.dtype)  # W2d.T @ dout: (K, F) @ (F, m*P)
-                _split(_mm_cols, m * p, w2t, dt, dcol)
+                dcol = np.empty((kk, m * pc), dtype=x.dtype)  # W2d.T @ dout: (K, F) @ (F, m*P)
+                _split(_mm_cols, m * pc, w2t, dt, dcol)
                 k.col2im_planes(
-                    dcol.reshape(kk, m, p), n0, dx, True, kh, kw, *stride, *pad, *dilation, oh, ow
+                    dcol.reshape(kk, m, pc), n0, dx, True, kh, kw, *stride, *pad, *dilation, oh, ow
                 )
         else:
             # [dW | db] += sum_n dout[n] @ [col[n]; 1].T: (F, P) @ (P, K + 1)
@@ -403,7 +448,10 @@ def maxpool2d_forward(
     oh, ow = conv_output_size(x.shape[2:], (kh, kw), stride, pad, dilation)
     y = np.empty((n, c, oh, ow), dtype=x.dtype)
     argmax = np.empty((n, c, oh, ow), dtype=np.int32)
-    _k().maxpool_forward(x, y, argmax, kh, kw, *stride, *pad, *dilation)
+    # One vectorised NumPy pass (max propagates NaN) decides whether the kernel must test for NaN:
+    # cheaper than a NaN test on every window element (measured: 1.5-2.5x slower kernel).
+    nan_aware = x.size > 0 and bool(np.isnan(x.max()))
+    _k().maxpool_forward(x, y, argmax, kh, kw, *stride, *pad, *dilation, nan_aware)
     return y, argmax
 
 
@@ -419,5 +467,7 @@ def maxpool2d_backward(
 ) -> np.ndarray:
     """dout, argmax: (N, C, OH, OW) -> dx: (N, C, H, W); each window's gradient goes to its argmax."""
     dx = np.empty(x_shape, dtype=dout.dtype)
-    _k().maxpool_backward(dout, argmax, dx, kh, kw, *stride, *pad, *dilation)
+    bits = np.dtype(f"i{dout.itemsize}")  # same-size integer views, for the bit masks
+    dout = np.ascontiguousarray(dout)
+    _k().maxpool_backward(dout, argmax, dx, dout.view(bits), dx.view(bits), kh, kw, *stride, *pad, *dilation)
     return dx

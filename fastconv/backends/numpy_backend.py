@@ -106,7 +106,9 @@ def col2im(
     return _crop(dxpad, pad)
 
 
-def _columns(x: np.ndarray, kh: int, kw: int, out_hw: Pair, stride: Pair, pad: Pair, dilation: Pair) -> np.ndarray:
+def _columns(
+    x: np.ndarray, kh: int, kw: int, out_hw: Pair, stride: Pair, pad: Pair, dilation: Pair
+) -> np.ndarray:
     """x: (N, C, H, W) -> cols: (C*kh*kw, N*OH*OW), so each conv GEMM is a single large BLAS call.
 
     cols[(c*kh + i)*kw + j, (n*OH + oh)*OW + ow] = xpad[n, c, oh*sh + i*dh, ow*sw + j*dw]
@@ -125,7 +127,13 @@ def _columns(x: np.ndarray, kh: int, kw: int, out_hw: Pair, stride: Pair, pad: P
 
 
 def _columns_to_image(
-    cols: np.ndarray, x_shape: tuple[int, int, int, int], kh: int, kw: int, stride: Pair, pad: Pair, dilation: Pair
+    cols: np.ndarray,
+    x_shape: tuple[int, int, int, int],
+    kh: int,
+    kw: int,
+    stride: Pair,
+    pad: Pair,
+    dilation: Pair,
 ) -> np.ndarray:
     """cols: (C*kh*kw, N*OH*OW) -> dx: (N, C, H, W), the adjoint of :func:`_columns` (a loop over taps)."""
     n, c, h, w = x_shape
