@@ -23,6 +23,7 @@ def lint(session: nox.Session) -> None:
     """ruff lint and format check."""
     session.install("ruff>=0.5")
     session.run("ruff", "check", "fastconv", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "format", "--check", "fastconv", "tests", "benchmarks", "noxfile.py")
 
 
 @nox.session

@@ -2,7 +2,7 @@
 
     python benchmarks/classic_vs_numpy.py [--repeat 15]
 
-The classic algorithm is the book's Convolution layer (tests/reference.py: im2col by tap loop, GEMM,
+Samples of the two are interleaved. The classic algorithm is the book's Convolution layer (tests/reference.py: im2col by tap loop, GEMM,
 transposes, col2im by tap loop). Prints the median milliseconds and the ratio classic / numpy.
 """
 
@@ -24,14 +24,17 @@ SHAPES = {
 }
 
 
-def median_ms(fn, repeat):
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
+def median_ms(fns, repeat):
+    """Median ms per call of each function, their samples interleaved so that load falls on all alike."""
+    for fn in fns:
         fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    times = [[] for _ in fns]
+    for _ in range(repeat):
+        for fn, samples in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - start)
+    return [1e3 * statistics.median(samples) for samples in times]
 
 
 def main() -> None:
@@ -53,13 +56,18 @@ def main() -> None:
         b = rng.standard_normal(ws[0]).astype(args.dtype)
         book = reference.BookConvolution(W, b, 1, pad)
         dout = rng.standard_normal(book.forward(x).shape).astype(args.dtype)
-        cf = median_ms(lambda book=book, x=x: book.forward(x), args.repeat)
-        cb = median_ms(lambda book=book, dout=dout: book.backward(dout), args.repeat)
-        nf = median_ms(
-            lambda x=x, W=W, b=b, pad=pad: fastconv.conv2d(x, W, b, 1, pad, backend="numpy"), args.repeat
+        cf, nf = median_ms(
+            [
+                lambda book=book, x=x: book.forward(x),
+                lambda x=x, W=W, b=b, pad=pad: fastconv.conv2d(x, W, b, 1, pad, backend="numpy"),
+            ],
+            args.repeat,
         )
-        nb = median_ms(
-            lambda d=dout, x=x, W=W, pad=pad: fastconv.conv2d_backward(d, x, W, 1, pad, backend="numpy"),
+        cb, nb = median_ms(
+            [
+                lambda book=book, dout=dout: book.backward(dout),
+                lambda d=dout, x=x, W=W, pad=pad: fastconv.conv2d_backward(d, x, W, 1, pad, backend="numpy"),
+            ],
             args.repeat,
         )
         print(f"| {label} | {cf:.1f} | {nf:.1f} | {cf / nf:.2f}x | {cb:.1f} | {nb:.1f} | {cb / nb:.2f}x |")

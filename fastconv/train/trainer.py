@@ -108,10 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threads",
         type=int,
-        default=1,
+        default=0,
         metavar="N",
-        help="BLAS threads while training (default 1: these matrices are small, and threaded BLAS is several "
-        "times slower when other jobs share the cores; 0 leaves the BLAS library's own choice)",
+        help="BLAS threads while training (default 0: the BLAS library's own choice; on a quiet 2-core machine "
+        "that was fastest. Try 1 when other jobs share the cores: threaded BLAS then slows down several times)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
