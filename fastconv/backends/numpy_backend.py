@@ -52,14 +52,17 @@ def _pad(x: np.ndarray, pad: Pair, value: float = 0.0) -> np.ndarray:
 
 
 def _windows(xpad: np.ndarray, kh: int, kw: int, out_hw: Pair, stride: Pair, dilation: Pair) -> np.ndarray:
-    """Read-only view (N, OH, OW, C, kh, kw): view[n, oh, ow, c, i, j] = xpad[n, c, oh*sh + i*dh, ow*sw + j*dw]."""
+    """Read-only view (N, C, kh, kw, OH, OW): view[n, c, i, j, oh, ow] = xpad[n, c, oh*sh + i*dh, ow*sw + j*dw].
+
+    Every layout below is a transpose of this view, copied once.
+    """
     n, c = xpad.shape[:2]
     s_n, s_c, s_h, s_w = xpad.strides
     (oh, ow), (sh, sw), (dh, dw) = out_hw, stride, dilation
     return as_strided(
         xpad,
-        shape=(n, oh, ow, c, kh, kw),
-        strides=(s_n, s_h * sh, s_w * sw, s_c, s_h * dh, s_w * dw),
+        shape=(n, c, kh, kw, oh, ow),
+        strides=(s_n, s_c, s_h * dh, s_w * dw, s_h * sh, s_w * sw),
         writeable=False,
     )
 
@@ -67,7 +70,7 @@ def _windows(xpad: np.ndarray, kh: int, kw: int, out_hw: Pair, stride: Pair, dil
 def im2col(x: np.ndarray, kh: int, kw: int, stride: Pair, pad: Pair, dilation: Pair) -> np.ndarray:
     """x: (N, C, H, W) -> col: (N*OH*OW, C*kh*kw), one copy out of a strided view."""
     out_hw = conv_output_size(x.shape[2:], (kh, kw), stride, pad, dilation)
-    view = _windows(_pad(x, pad), kh, kw, out_hw, stride, dilation)
+    view = _windows(_pad(x, pad), kh, kw, out_hw, stride, dilation).transpose(0, 4, 5, 1, 2, 3)
     n, c = x.shape[:2]
     return np.ascontiguousarray(view).reshape(n * out_hw[0] * out_hw[1], c * kh * kw)
 
@@ -114,15 +117,8 @@ def _columns(
     cols[(c*kh + i)*kw + j, (n*OH + oh)*OW + ow] = xpad[n, c, oh*sh + i*dh, ow*sw + j*dw]
     """
     n, c = x.shape[:2]
-    xpad = _pad(x, pad)
-    s_n, s_c, s_h, s_w = xpad.strides
-    (oh, ow), (sh, sw), (dh, dw) = out_hw, stride, dilation
-    view = as_strided(
-        xpad,
-        shape=(c, kh, kw, n, oh, ow),
-        strides=(s_c, s_h * dh, s_w * dw, s_n, s_h * sh, s_w * sw),
-        writeable=False,
-    )
+    oh, ow = out_hw
+    view = _windows(_pad(x, pad), kh, kw, out_hw, stride, dilation).transpose(1, 2, 3, 0, 4, 5)
     return np.ascontiguousarray(view).reshape(c * kh * kw, n * oh * ow)
 
 
@@ -195,7 +191,7 @@ def maxpool2d_forward(
     oh, ow = conv_output_size(x.shape[2:], (kh, kw), stride, pad, dilation)
     view = _windows(_pad(x, pad, -np.inf), kh, kw, (oh, ow), stride, dilation)
     # windows[n, c, oh, ow, i*kw + j] = xpad[n, c, oh*sh + i*dh, ow*sw + j*dw]
-    windows = view.transpose(0, 3, 1, 2, 4, 5).reshape(n, c, oh, ow, kh * kw)
+    windows = view.transpose(0, 1, 4, 5, 2, 3).reshape(n, c, oh, ow, kh * kw)
     argmax = windows.argmax(axis=-1)
     y = np.take_along_axis(windows, argmax[..., None], axis=-1)[..., 0]
     return np.ascontiguousarray(y), argmax.astype(np.int32)
