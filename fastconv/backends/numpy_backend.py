@@ -87,6 +87,20 @@ def _crop(xpad: np.ndarray, pad: Pair) -> np.ndarray:
     return np.ascontiguousarray(xpad[:, :, ph : ph + h, pw : pw + w])
 
 
+def _fold_taps(taps: np.ndarray, hw: Pair, stride: Pair, pad: Pair, dilation: Pair) -> np.ndarray:
+    """taps: (A, B, kh, kw, OH, OW) -> (A, B, H, W), out[a, b, oh*sh + i*dh - ph, ow*sw + j*dw - pw] += taps[a, b, i, j, oh, ow].
+
+    The adjoint of a window view, as a loop over the kh*kw taps; shared by col2im in both column layouts.
+    """
+    a, b, kh, kw, oh, ow = taps.shape
+    out = np.zeros((a, b, hw[0] + 2 * pad[0], hw[1] + 2 * pad[1]), dtype=taps.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            rows, cols = _tap_slices(i, j, (oh, ow), stride, dilation)
+            out[:, :, rows, cols] += taps[:, :, i, j]
+    return out[:, :, pad[0] : pad[0] + hw[0], pad[1] : pad[1] + hw[1]]
+
+
 def col2im(
     col: np.ndarray,
     x_shape: tuple[int, int, int, int],
@@ -98,15 +112,10 @@ def col2im(
 ) -> np.ndarray:
     """col: (N*OH*OW, C*kh*kw) -> dx: (N, C, H, W), summing every column entry that read each pixel."""
     n, c, h, w = x_shape
-    out_hw = conv_output_size((h, w), (kh, kw), stride, pad, dilation)
-    # cols[n, c, i, j, oh, ow] = col[(n*OH + oh)*OW + ow, (c*kh + i)*kw + j]
-    cols = col.reshape(n, out_hw[0], out_hw[1], c, kh, kw).transpose(0, 3, 4, 5, 1, 2)
-    dxpad = np.zeros((n, c, h + 2 * pad[0], w + 2 * pad[1]), dtype=col.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            rows, cols_ = _tap_slices(i, j, out_hw, stride, dilation)
-            dxpad[:, :, rows, cols_] += cols[:, :, i, j]
-    return _crop(dxpad, pad)
+    oh, ow = conv_output_size((h, w), (kh, kw), stride, pad, dilation)
+    # taps[n, c, i, j, oh, ow] = col[(n*OH + oh)*OW + ow, (c*kh + i)*kw + j]
+    taps = col.reshape(n, oh, ow, c, kh, kw).transpose(0, 3, 4, 5, 1, 2)
+    return np.ascontiguousarray(_fold_taps(taps, (h, w), stride, pad, dilation))
 
 
 def _columns(
@@ -131,16 +140,12 @@ def _columns_to_image(
     pad: Pair,
     dilation: Pair,
 ) -> np.ndarray:
-    """cols: (C*kh*kw, N*OH*OW) -> dx: (N, C, H, W), the adjoint of :func:`_columns` (a loop over taps)."""
+    """cols: (C*kh*kw, N*OH*OW) -> dx: (N, C, H, W), the adjoint of :func:`_columns`."""
     n, c, h, w = x_shape
-    out_hw = conv_output_size((h, w), (kh, kw), stride, pad, dilation)
-    taps = cols.reshape(c, kh, kw, n, *out_hw)
-    dxpad = np.zeros((c, n, h + 2 * pad[0], w + 2 * pad[1]), dtype=cols.dtype)  # channel-major, like cols
-    for i in range(kh):
-        for j in range(kw):
-            rows, cols_ = _tap_slices(i, j, out_hw, stride, dilation)
-            dxpad[:, :, rows, cols_] += taps[:, i, j]
-    return _crop(dxpad.transpose(1, 0, 2, 3), pad)
+    oh, ow = conv_output_size((h, w), (kh, kw), stride, pad, dilation)
+    # taps[c, n, i, j, oh, ow] = cols[(c*kh + i)*kw + j, (n*OH + oh)*OW + ow]; folded channel-major, like cols
+    taps = cols.reshape(c, kh, kw, n, oh, ow).transpose(0, 3, 1, 2, 4, 5)
+    return np.ascontiguousarray(_fold_taps(taps, (h, w), stride, pad, dilation).transpose(1, 0, 2, 3))
 
 
 def conv2d_forward(
