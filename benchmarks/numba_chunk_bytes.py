@@ -1,7 +1,7 @@
 """Tune the numba backend's CHUNK_BYTES: forward + backward of S4 and S5 (float32) for several
 column-chunk sizes, samples interleaved, median of --repeat.
 
-python benchmarks/numba_chunk_bytes.py [--threads 2] [--repeat 7]
+python benchmarks/numba_chunk_bytes.py [--threads 2] [--repeat 7] [--shapes S4,S5]
 """
 
 from __future__ import annotations
@@ -44,11 +44,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--shapes", default="S4,S5", help="convolution shapes of fastconv bench")
     args = parser.parse_args()
     nb.set_threads(args.threads)
     default = nb.CHUNK_BYTES
     try:
-        for case in select("S4,S5"):
+        for case in select(args.shapes):
             medians = time_case(case, args.repeat)
             cells = ", ".join(f"{label} {s * 1e3:.0f} ms" for label, s in medians.items())
             print(f"{case.name} forward + backward: {cells}")

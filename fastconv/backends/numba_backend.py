@@ -23,9 +23,9 @@ How each operation runs (see :mod:`fastconv.backends` for the contract):
   2x2/2 tilings in one branch-free pass of bit masks, otherwise zeroes and scatters through the
   argmax per (image, channel) plane.
 
-Threads: numba's threads (``NUMBA_NUM_THREADS``, :func:`set_threads`) run the loops; large
-per-image GEMMs are cut into one share per thread, each share a single-threaded BLAS call in a
-Python thread, while wide and small GEMMs are one BLAS call threaded by BLAS (see ``GEMM_THREADS``). The threading layer is ``workqueue`` unless ``NUMBA_THREADING_LAYER`` is set:
+Threads: numba's threads (``NUMBA_NUM_THREADS``, :func:`set_threads`) run the loops; each GEMM
+is one BLAS call threaded by BLAS (``GEMM_THREADS`` can cut them into single-threaded shares
+instead). The threading layer is ``workqueue`` unless ``NUMBA_THREADING_LAYER`` is set:
 numba's OpenMP layer spin-waits after each loop and fights the BLAS threads for the cores.
 ``workqueue`` does not support calling kernels from several Python threads at once; set
 ``NUMBA_THREADING_LAYER=tbb`` (with the ``tbb`` package) for that. NumPy allocates every array a
@@ -58,18 +58,14 @@ CHUNK_BYTES = 16 << 20
 # plus a transpose of the result) instead of one GEMM per image (measured: S3, OH*OW = 121).
 WIDE_MAX_P = 256
 
-# How GEMMs use the cores: "split" runs one single-threaded BLAS call per thread on its share of
-# the images (or columns), so a thread that the OS preempts delays only its own share; "blas" makes
-# one call and lets BLAS thread it. Measured on the shared 2-core machine: OpenBLAS's threaded
-# GEMM took anywhere from 40 ms to 1.5 s for S4's forward GEMMs whenever other processes
-# competed for the cores (its threads spin-wait for each other inside the GEMM). "auto" (default)
-# lets BLAS thread the wide GEMMs (one call over a chunk of images: S3's forward GEMM ran at 120-145
-# GFLOP/s threaded, 1.6x faster than two single-threaded shares from Python threads, measured
-# here) and splits the per-image GEMMs (S4-S6).
-GEMM_THREADS = "auto"
-# "auto": per-image GEMMs smaller than this (multiply-adds) run as one batched BLAS call, where
-# handing them to Python threads cost more than they do (S1, S2: under 0.5 M; S4-S6: 38-75 M).
-SPLIT_MIN_MACS = 4_000_000
+# How GEMMs use the cores: "blas" (default) makes one call and lets BLAS thread it; "split" runs
+# one single-threaded BLAS call per thread on its share of the images (or columns), from Python
+# threads, so a thread that the OS preempts delays only its own share. Measured on the quiet 2-core
+# machine (float32, forward / backward ms, "blas" vs "split"): S4 54-61 / 118-139 vs 92-101 /
+# 188-206, S5 69-79 / 146-149 vs 119-124 / 155-161, S6 41 / 91-93 vs 63-65 / 108; S3's wide GEMM
+# threaded ran 1.6x faster than split. "split" only paid off while other processes competed for
+# the cores (OpenBLAS's threads spin-wait for each other: 40 ms to 1.5 s for S4's forward GEMMs).
+GEMM_THREADS = "blas"
 
 _kernels: Any = None
 _executor: Any = None
@@ -279,24 +275,15 @@ def _grad_batch(lo: int, hi: int, d: np.ndarray, c: np.ndarray) -> np.ndarray:
     return acc
 
 
-def _image_macs(fn: Any, args: tuple[Any, ...]) -> int:
-    """Multiply-adds of one image's GEMM in a per-image _split call."""
-    if fn is _mm_batch:  # (F, K) @ (K, P)
-        return args[0].size * args[1].shape[2]
-    return args[0].shape[1] * args[0].shape[2] * args[1].shape[1]  # _grad_batch: (F, P) @ (P, K + 1)
-
-
 def _split(fn: Any, total: int, *args: Any) -> list[Any]:
-    """Run fn(lo, hi, *args) over [0, total) cut into one contiguous share per numba thread, each in its own
-    Python thread with single-threaded BLAS (NumPy's matmul releases the GIL); results in order."""
+    """Run fn(lo, hi, *args) over [0, total): one call threaded by BLAS, or with GEMM_THREADS="split"
+    one contiguous share per numba thread, each in its own Python thread with single-threaded BLAS
+    (NumPy's matmul releases the GIL); a list of the results in order."""
     global _executor, _blas_controller
     import numba
 
     threads = min(numba.get_num_threads(), total)
-    mode = GEMM_THREADS
-    if mode == "auto":
-        mode = "blas" if fn in (_mm_cols, _grad_cols) or _image_macs(fn, args) < SPLIT_MIN_MACS else "split"
-    if mode != "split" or threads <= 1:
+    if GEMM_THREADS != "split" or threads <= 1:
         return [fn(0, total, *args)]
     if _blas_controller is None:
         try:
