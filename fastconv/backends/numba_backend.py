@@ -51,8 +51,9 @@ xp = np
 
 # Column bytes per chunk of images in the GEMM convolution: big enough for large GEMMs, small
 # enough that the columns stay in the 32 MiB L3 between im2col and the GEMM. Measured with
-# benchmarks/numba_chunk_bytes.py (S4, S5 forward + backward, 2 threads): 4, 16 and 64 MiB were
-# level within this machine's noise (214-333 ms over four runs), the whole batch in one chunk 6-98% slower.
+# benchmarks/numba_chunk_bytes.py (S4-S6 forward + backward, 2 threads, GEMM_THREADS "blas" and
+# "split" alike): 4, 16 and 64 MiB were level within this machine's noise, the whole batch in one
+# chunk up to 2x slower (S4 292-520 ms against 187-274).
 CHUNK_BYTES = 16 << 20
 # Images with fewer output pixels than this go through one GEMM per chunk of images (wide layout,
 # plus a transpose of the result) instead of one GEMM per image (measured: S3, OH*OW = 121).
