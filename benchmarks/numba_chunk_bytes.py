@@ -18,7 +18,7 @@ from fastconv.backends import numba_backend as nb
 SIZES = {"4 MiB": 4 << 20, "16 MiB": 16 << 20, "64 MiB": 64 << 20, "whole batch": 1 << 50}
 
 
-def time_case(case: ConvCase, repeat: int) -> dict[str, float]:
+def measure_case(case: ConvCase, repeat: int) -> dict[str, float]:
     """Median seconds of forward + backward for each chunk size."""
     a = conv_inputs(case, np.float32)
     conv = ((case.stride,) * 2, (case.pad,) * 2, (1, 1))
@@ -50,7 +50,7 @@ def main() -> None:
     default = nb.CHUNK_BYTES
     try:
         for case in select(args.shapes):
-            medians = time_case(case, args.repeat)
+            medians = measure_case(case, args.repeat)
             cells = ", ".join(f"{label} {s * 1e3:.0f} ms" for label, s in medians.items())
             print(f"{case.name} forward + backward: {cells}")
     finally:
