@@ -64,7 +64,7 @@ WIDE_MAX_P = 256
 # threads, so a thread that the OS preempts delays only its own share. Measured on the quiet 2-core
 # machine (float32, forward / backward ms over five interleaved runs, "blas" vs "split"): S4 54-88 /
 # 118-151 vs 84-112 / 186-206, S5 69-107 / 146-205 vs 119-132 / 155-196, S6 41-65 / 91-115 vs
-# 63-76 / 108-123; S3 blas 1.5-1.6x faster. "split" only paid off while other processes competed
+# 63-76 / 108-123; S3 blas 1.4-1.6x faster. "split" only paid off while other processes competed
 # for the cores (OpenBLAS's threads spin-wait for each other: 40 ms to 1.5 s for S4's forward GEMMs).
 GEMM_THREADS = "blas"
 
