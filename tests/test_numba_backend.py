@@ -384,6 +384,28 @@ def test_cold_warmup_fills_an_empty_cache_that_a_fresh_process_then_loads(tmp_pa
     assert all(misses == 0 for _, misses in warm.values()), warm
 
 
+@pytest.mark.slow
+def test_first_use_on_a_cold_cache_says_numba_is_compiling_and_a_warm_cache_stays_quiet(tmp_path):
+    """A silent wait of seconds looks like a hang: the first compile says what is happening, once."""
+    code = (
+        "import sys; sys.stderr = sys.stdout\n"
+        "import numpy as np, fastconv\n"
+        "from fastconv.backends import numba_backend as nb\n"
+        "nb.COMPILE_NOTICE_S = {notice_s}\n"
+        "x = np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32)\n"
+        "W = np.random.default_rng(1).standard_normal((2, 3, 3, 3)).astype(np.float32)\n"
+        "fastconv.conv2d(x, W, backend='numba')\n"
+        "fastconv.max_pool2d(x, 2, backend='numba')\n"
+        "print('done')\n"
+    )
+    cold = _run_in_fresh_python(code.format(notice_s="nb.COMPILE_NOTICE_S"), NUMBA_CACHE_DIR=str(tmp_path))
+    assert cold.count("numba is compiling") == 1, cold
+    assert "float32" in cold and "fastconv warmup" in cold
+    # a cache load takes well under a second; 5 s keeps a busy CI machine from reading as compiling
+    warm = _run_in_fresh_python(code.format(notice_s=5.0), NUMBA_CACHE_DIR=str(tmp_path))
+    assert warm.strip() == "done", warm
+
+
 @pytest.mark.parametrize("wide_max_p", [0, 1 << 30], ids=["per-image", "wide"])
 def test_split_gemms_match_one_threaded_blas_call(rng, monkeypatch, wide_max_p):
     """GEMM_THREADS="split" (one single-threaded BLAS call per thread) agrees with one BLAS call."""

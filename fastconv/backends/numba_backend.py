@@ -38,8 +38,10 @@ import importlib.util
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -68,6 +70,11 @@ WIDE_MAX_P = 256
 # for the cores (OpenBLAS's threads spin-wait for each other: 40 ms to 1.5 s for S4's forward GEMMs).
 GEMM_THREADS = "blas"
 
+# A kernel's first call per dtype that takes longer than this is compiling (a cache load takes a
+# fraction of it): a note on stderr then says so, once per process, instead of a silent wait.
+COMPILE_NOTICE_S = 1.0
+_announce = True  # False while warmup compiles on purpose (it says so itself)
+
 _kernels: Any = None
 _executor: Any = None
 _blas_controller: Any = None
@@ -82,13 +89,51 @@ def probe() -> str | None:
     return None if found else "numba is not installed"
 
 
+class _Announced:
+    """A numba kernel whose first call per dtype, if it compiles, says so on stderr."""
+
+    def __init__(self, kernel: Any) -> None:
+        self._kernel = kernel
+        self._ready: set[str] = set()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._kernel, name)
+
+    def __call__(self, *args: Any) -> Any:
+        dtype = args[0].dtype.name  # every kernel's first argument has the compute dtype
+        if dtype in self._ready or not _announce:
+            return self._kernel(*args)
+        timer = threading.Timer(COMPILE_NOTICE_S, _say_compiling, (dtype,))
+        timer.daemon = True
+        timer.start()
+        try:
+            return self._kernel(*args)
+        finally:
+            timer.cancel()
+            self._ready.add(dtype)
+
+
+def _say_compiling(dtype: str) -> None:
+    global _announce
+    if _announce:
+        _announce = False
+        print(
+            f"fastconv: numba is compiling the numba backend's kernels for {dtype}: once per machine, "
+            "3-4 s per kernel, then loaded from numba's cache; `fastconv warmup` compiles them all ahead of time",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def _k() -> Any:
-    """The kernel module, imported (and the threading layer chosen) on first use."""
+    """The kernels (each wrapped in :class:`_Announced`), imported, and the threading layer
+    chosen, on first use."""
     global _kernels
     if _kernels is None:
-        from fastconv.backends import _numba_kernels
+        from fastconv.backends import _numba_kernels as k
 
-        _kernels = _numba_kernels
+        names = ("im2col_planes", "col2im_planes", "maxpool_forward", "maxpool_backward")
+        _kernels = SimpleNamespace(**{name: _Announced(getattr(k, name)) for name in names})
     return _kernels
 
 
@@ -170,6 +215,8 @@ def info() -> dict[str, str]:
 
 def _compile(group: str) -> None:
     """Run every kernel of ``group`` ("conv", "pool" or "all") on tiny float32 and float64 inputs."""
+    global _announce
+    _announce = False  # compiling on purpose: the caller says so
     one, zero, two = (1, 1), (0, 0), (2, 2)
     for dtype in (np.float32, np.float64):
         rng = np.random.default_rng(0)
@@ -192,6 +239,8 @@ def warmup(parallel: bool = True) -> float:
     """
     import numba
 
+    global _announce
+    _announce = False  # compiling on purpose: `fastconv warmup` says so
     start = time.perf_counter()
     k = _k()
     if parallel and not numba.config.DISABLE_JIT and (os.cpu_count() or 1) > 1:
