@@ -267,6 +267,7 @@ def test_info_reports_numba_threading_layer_threads_and_blas():
     out = nb.info()
     for key in ("numba", "threading layer", "numba threads", "blas", "cache dir"):
         assert out[key], key
+    assert out["gemm threads"].startswith(nb.GEMM_THREADS + ":")
 
 
 def test_probe_says_numba_is_usable_here():

@@ -194,7 +194,7 @@ def set_threads(n: int) -> None:
 
 
 def info() -> dict[str, str]:
-    """numba's version, threading layer, thread counts, BLAS threads and cache directory."""
+    """numba's version, threading layer, thread counts, BLAS threads, cache directory and GEMM threading."""
     import numba
 
     k = _k()  # noqa: F841
@@ -210,6 +210,9 @@ def info() -> dict[str, str]:
         "blas": _blas_threads(),
         "cache dir": numba.config.CACHE_DIR or "next to the package (__pycache__)",
         "jit": "disabled (NUMBA_DISABLE_JIT=1)" if numba.config.DISABLE_JIT else "enabled",
+        "gemm threads": "split: one single-threaded BLAS call per thread"
+        if GEMM_THREADS == "split"
+        else "blas: each GEMM one call, threaded by BLAS",
     }
 
 
