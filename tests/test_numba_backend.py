@@ -293,14 +293,19 @@ def test_importing_fastconv_and_the_backend_module_does_not_import_numba():
     assert _run_in_fresh_python(code).strip() == "False"
 
 
-def test_threading_layer_is_workqueue_unless_the_user_chose_one():
+def _tbb_installed() -> bool:
+    return any(os.path.exists(os.path.join(p, "lib", "libtbb.so.12")) for p in (sys.prefix, sys.base_prefix))
+
+
+def test_threading_layer_is_tbb_when_installed_else_workqueue_and_never_openmp_unless_chosen():
     code = (
         "import json, numpy as np, numba\n"
         "from fastconv.backends import numba_backend as nb\n"
         "nb.maxpool2d_forward(np.ones((1, 2, 4, 4)), 2, 2, (2, 2), (0, 0), (1, 1))\n"
         "print(json.dumps(numba.threading_layer()))\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    chosen = ("NUMBA_THREADING_LAYER", "NUMBA_THREADING_LAYER_PRIORITY")
+    env = {k: v for k, v in os.environ.items() if k not in chosen}
     done = subprocess.run(
         [sys.executable, "-c", code],
         env={**env, "PYTHONPATH": str(ROOT)},
@@ -310,8 +315,12 @@ def test_threading_layer_is_workqueue_unless_the_user_chose_one():
         cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == "workqueue"
+    expected = "tbb" if sys.platform.startswith("linux") and _tbb_installed() else "workqueue"
+    assert json.loads(done.stdout) == expected
+    # the user's choice wins, by name or by priority
     assert json.loads(_run_in_fresh_python(code, NUMBA_THREADING_LAYER="omp")) == "omp"
+    priority = "workqueue omp tbb"
+    assert json.loads(_run_in_fresh_python(code, NUMBA_THREADING_LAYER_PRIORITY=priority)) == "workqueue"
 
 
 @pytest.mark.skipif(os.environ.get("NUMBA_DISABLE_JIT") == "1", reason="already running without the JIT")
@@ -383,6 +392,30 @@ def test_cold_warmup_fills_an_empty_cache_that_a_fresh_process_then_loads(tmp_pa
     assert any(tmp_path.rglob("*.nbi"))
     warm = json.loads(_run_in_fresh_python(code, NUMBA_CACHE_DIR=str(tmp_path)))
     assert all(misses == 0 for _, misses in warm.values()), warm
+
+
+@pytest.mark.skipif(
+    not (sys.platform.startswith("linux") and _tbb_installed()), reason="the tbb package is not installed"
+)
+def test_kernels_run_from_several_python_threads_at_once_on_the_tbb_layer():
+    code = (
+        "import threading, numpy as np, numba, fastconv\n"
+        "rng = np.random.default_rng(0)\n"
+        "x, W = rng.standard_normal((8, 3, 12, 12)), rng.standard_normal((4, 3, 3, 3))\n"
+        "want = fastconv.conv2d(x, W, backend='numba')\n"
+        "want_pool = fastconv.max_pool2d(want, 2, backend='numba')[0]\n"
+        "assert numba.threading_layer() == 'tbb', numba.threading_layer()\n"
+        "bad = []\n"
+        "def work():\n"
+        "    for _ in range(25):\n"
+        "        y = fastconv.conv2d(x, W, backend='numba')\n"
+        "        p = fastconv.max_pool2d(y, 2, backend='numba')[0]\n"
+        "        bad.extend([] if np.array_equal(y, want) and np.array_equal(p, want_pool) else ['differs'])\n"
+        "threads = [threading.Thread(target=work) for _ in range(3)]\n"
+        "[t.start() for t in threads]; [t.join() for t in threads]\n"
+        "print(len(bad))\n"
+    )
+    assert _run_in_fresh_python(code).strip() == "0"
 
 
 @pytest.mark.slow

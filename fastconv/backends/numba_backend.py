@@ -25,10 +25,10 @@ How each operation runs (see :mod:`fastconv.backends` for the contract):
 
 Threads: numba's threads (``NUMBA_NUM_THREADS``, :func:`set_threads`) run the loops; each GEMM
 is one BLAS call threaded by BLAS (``GEMM_THREADS`` can cut them into single-threaded shares
-instead). The threading layer is ``workqueue`` unless ``NUMBA_THREADING_LAYER`` is set:
-numba's OpenMP layer spin-waits after each loop and fights the BLAS threads for the cores.
-``workqueue`` does not support calling kernels from several Python threads at once; set
-``NUMBA_THREADING_LAYER=tbb`` (with the ``tbb`` package) for that. NumPy allocates every array a
+instead). The threading layer is ``tbb`` when the ``tbb`` package loads, else ``workqueue``,
+unless the user sets ``NUMBA_THREADING_LAYER``: numba's OpenMP layer spin-waits after each loop and
+fights the BLAS threads for the cores (see :mod:`fastconv.backends._numba_kernels`). ``workqueue``
+does not support calling kernels from several Python threads at once; ``tbb`` does. NumPy allocates every array a
 kernel writes (NumPy asks for huge pages; numba's own 4 KiB page faults cost up to 25 us each here).
 """
 
@@ -201,7 +201,10 @@ def info() -> dict[str, str]:
     try:
         layer = numba.threading_layer()
     except ValueError:  # no parallel kernel has run yet
-        layer = f"{numba.config.THREADING_LAYER} (chosen; starts on first use)"
+        chosen = numba.config.THREADING_LAYER
+        if chosen == "default":
+            chosen = "the first that loads of " + ", ".join(numba.config.THREADING_LAYER_PRIORITY)
+        layer = f"{chosen} (starts on first use)"
     env = os.environ.get("NUMBA_THREADING_LAYER")
     return {
         "numba": numba.__version__,
