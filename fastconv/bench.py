@@ -14,7 +14,10 @@ pass separately:
 
 Timing: ``warmup`` calls (compiles JIT kernels, warms caches), then ``repeat`` samples with
 :func:`time.perf_counter`, the peers' samples interleaved round by round; a sample loops the call
-enough times to last ``min_time`` seconds, and the reported figure is the median time per call. GPU peers are synchronised before and
+enough times to last ``min_time`` seconds, and the reported figure is the median time per call.
+A call shorter than ``min_time`` gets one untimed call before each sample: on a 2-core machine the
+previous peer's threads go on spinning for a few ms (PyTorch's OpenMP pool), which slowed the next
+short call up to 2x (measured: BENCHMARKS.md, max-pool backward). GPU peers are synchronised before and
 after every sample. ``--threads N`` sets the CPU threads of every backend and peer alike
 (BLAS and OpenMP through threadpoolctl, ``torch.set_num_threads``, numba's
 ``set_num_threads``) before anything is timed.
@@ -506,6 +509,10 @@ def run(
                     if "error" in row:
                         continue
                     try:
+                        # a short call: one untimed call first absorbs the previous peer's after-effects
+                        if number > 1:
+                            sync()
+                            fn()
                         samples[i].append(sample(fn, sync, number))
                     except Exception as exc:
                         row["error"] = repr(exc)

@@ -130,6 +130,19 @@ def test_measure_loops_short_calls_to_reach_min_time():
     assert len(calls) == 1 + 3 * result["number"]
 
 
+def test_short_calls_get_one_untimed_call_before_each_interleaved_sample():
+    calls = []
+
+    class Counting(bench.Peer):
+        def calls(self, case, dtype):
+            return {"forward": lambda: calls.append(1)}
+
+    settings = bench.Settings(warmup=1, repeat=3, min_time=0.001)
+    [row] = bench.run(select("P1"), [Counting("counting")], ["float32"], settings)
+    assert row["number"] > 1 and len(row["times_ms"]) == 3
+    assert len(calls) == 1 + 3 * (1 + row["number"])  # warm-up, then per sample: lead-in + timed calls
+
+
 def test_tables_mark_the_fastest_peer_and_give_ratios():
     rows = [
         {"dtype": "float32", "shape": "S1", "what": "w", "peer": peer, "phase": phase, "median_ms": ms}
