@@ -38,14 +38,30 @@ CASES = [
 ]
 
 
-def _run_in_fresh_python(code: str, **env: str) -> str:
-    """Run ``code`` in a new interpreter (fresh numba state) and return its stdout."""
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+def _run_in_fresh_python(code: str, drop: tuple[str, ...] = (), **env: str) -> str:
+    """Run ``code`` in a new interpreter (fresh numba state), without the environment variables
+    ``drop`` and with ``env``, and return its stdout."""
+    kept = {k: v for k, v in os.environ.items() if k not in drop}
+    full_env = {**kept, "PYTHONPATH": str(ROOT), **env}
     done = subprocess.run(
         [sys.executable, "-c", code], env=full_env, capture_output=True, text=True, timeout=600, cwd=ROOT
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
+
+
+def _pytest_without_jit(*args: str) -> None:
+    """Run pytest on ``args`` in a fresh process with NUMBA_DISABLE_JIT=1; it must pass."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *args],
+        env={**os.environ, "NUMBA_DISABLE_JIT": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert " passed" in done.stdout
 
 
 def _data(rng, xs, ws, dtype):
@@ -305,74 +321,24 @@ def test_threading_layer_is_tbb_when_installed_else_workqueue_and_never_openmp_u
         "print(json.dumps(numba.threading_layer()))\n"
     )
     chosen = ("NUMBA_THREADING_LAYER", "NUMBA_THREADING_LAYER_PRIORITY")
-    env = {k: v for k, v in os.environ.items() if k not in chosen}
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**env, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
-    )
-    assert done.returncode == 0, done.stderr
     expected = "tbb" if sys.platform.startswith("linux") and _tbb_installed() else "workqueue"
-    assert json.loads(done.stdout) == expected
+    assert json.loads(_run_in_fresh_python(code, drop=chosen)) == expected
     # the user's choice wins, by name or by priority
     assert json.loads(_run_in_fresh_python(code, NUMBA_THREADING_LAYER="omp")) == "omp"
     priority = "workqueue omp tbb"
     assert json.loads(_run_in_fresh_python(code, NUMBA_THREADING_LAYER_PRIORITY=priority)) == "workqueue"
 
 
-@pytest.mark.skipif(os.environ.get("NUMBA_DISABLE_JIT") == "1", reason="already running without the JIT")
 def test_kernels_run_as_plain_python_under_numba_disable_jit():
     """The kernel tests of this file pass with NUMBA_DISABLE_JIT=1 (prange becomes range)."""
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-x",
-            "-p",
-            "no:cacheprovider",
-            __file__,
-            "-k",
-            "matches_the_float64_reference and one-chunk and not image or pooling or numerical",
-        ],
-        env={**os.environ, "NUMBA_DISABLE_JIT": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
+    _pytest_without_jit(
+        __file__, "-k", "matches_the_float64_reference and one-chunk and not image or pooling or numerical"
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert " passed" in done.stdout
 
 
-@pytest.mark.skipif(os.environ.get("NUMBA_DISABLE_JIT") == "1", reason="already running without the JIT")
 def test_shared_kernel_tests_pass_on_numba_under_numba_disable_jit():
     """tests/test_kernels.py, numba's share, with NUMBA_DISABLE_JIT=1: the kernels as Python for debugging."""
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-x",
-            "-p",
-            "no:cacheprovider",
-            "tests/test_kernels.py",
-            "-k",
-            "numba",
-        ],
-        env={**os.environ, "NUMBA_DISABLE_JIT": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert " passed" in done.stdout
+    _pytest_without_jit("tests/test_kernels.py", "-k", "numba")
 
 
 @pytest.mark.slow
