@@ -166,7 +166,31 @@ class Layer:
         return f"<{type(self).__name__} {self.name}>"
 
 
-class Conv2D(Layer):
+class _Weighted(Layer):
+    """A layer with weights ``W`` (and bias ``b`` when ``use_bias``) held by a book layer in ``self.layer``
+    (Convolution or Affine), followed by ``activation``."""
+
+    def __init__(
+        self, activation: str | None, use_bias: bool, name: str | None, input_shape: Sequence[int] | None
+    ) -> None:
+        super().__init__(name, input_shape)
+        self.use_bias = use_bias
+        self.activation_name = activation or "linear"
+        self._act = _activation(activation)
+        self.layer: Any = None
+
+    def _forward(self, x: Any, training: bool) -> Any:
+        return self.layer.forward(x)
+
+    def _backward(self, dout: Any) -> Any:
+        dx = self.layer.backward(dout)
+        self.grads["W"] = self.layer.dW
+        if self.use_bias:
+            self.grads["b"] = self.layer.db
+        return dx
+
+
+class Conv2D(_Weighted):
     """2-D convolution: (C, H, W) -> (filters, OH, OW); ``padding`` 'valid' or 'same' (odd kernels).
 
     Kernel (filters, C, kh, kw), bias (filters,); OH = (H + 2*pad - kh) // stride + 1.
@@ -185,7 +209,7 @@ class Conv2D(Layer):
         input_shape: Sequence[int] | None = None,
         name: str | None = None,
     ) -> None:
-        super().__init__(name, input_shape)
+        super().__init__(activation, use_bias, name, input_shape)
         if not isinstance(filters, int) or filters < 1:
             raise ValueError(f"filters must be a positive int, got {filters!r}")
         self.filters_n = filters
@@ -196,10 +220,6 @@ class Conv2D(Layer):
         if padding == "same" and (self.kernel_size[0] % 2 == 0 or self.kernel_size[1] % 2 == 0):
             raise ValueError(f"padding='same' needs an odd kernel_size, got {self.kernel_size}")
         self.padding = padding
-        self.use_bias = use_bias
-        self.activation_name = activation or "linear"
-        self._act = _activation(activation)
-        self.layer: Any = None
 
     def _build(
         self, in_shape: tuple[int, ...], rng: np.random.Generator, dtype: np.dtype, backend: str | None
@@ -223,16 +243,6 @@ class Conv2D(Layer):
             self.params["W"], self.params["b"] if self.use_bias else 0.0, self.strides, pad, backend=backend
         )
         return (self.filters_n, oh, ow)
-
-    def _forward(self, x: Any, training: bool) -> Any:
-        return self.layer.forward(x)
-
-    def _backward(self, dout: Any) -> Any:
-        dx = self.layer.backward(dout)
-        self.grads["W"] = self.layer.dW
-        if self.use_bias:
-            self.grads["b"] = self.layer.db
-        return dx
 
     def filters(self) -> np.ndarray:
         return host(self.params["W"])
@@ -295,7 +305,7 @@ class Flatten(Layer):
         return dout.reshape(self._shape)
 
 
-class Dense(Layer):
+class Dense(_Weighted):
     """Fully connected: (D,) -> (units,), x @ W + b with W (D, units)."""
 
     keras_name = "dense"
@@ -308,14 +318,10 @@ class Dense(Layer):
         input_shape: Sequence[int] | None = None,
         name: str | None = None,
     ) -> None:
-        super().__init__(name, input_shape)
+        super().__init__(activation, use_bias, name, input_shape)
         if not isinstance(units, int) or units < 1:
             raise ValueError(f"units must be a positive int, got {units!r}")
         self.units = units
-        self.use_bias = use_bias
-        self.activation_name = activation or "linear"
-        self._act = _activation(activation)
-        self.layer: Any = None
 
     def _build(
         self, in_shape: tuple[int, ...], rng: np.random.Generator, dtype: np.dtype, backend: str | None
@@ -332,16 +338,6 @@ class Dense(Layer):
             self.params["b"] = _place(np.zeros(self.units, dtype=dtype), backend)
         self.layer = Affine(self.params["W"], self.params["b"] if self.use_bias else 0.0)
         return (self.units,)
-
-    def _forward(self, x: Any, training: bool) -> Any:
-        return self.layer.forward(x)
-
-    def _backward(self, dout: Any) -> Any:
-        dx = self.layer.backward(dout)
-        self.grads["W"] = self.layer.dW
-        if self.use_bias:
-            self.grads["b"] = self.layer.db
-        return dx
 
 
 class Dropout(Layer):
