@@ -208,23 +208,9 @@ def build_train_step(case: TrainCase, backend: str, dtype: str) -> Callable[[], 
         )
         optimizer = make_optimizer(case.optimizer, lr=0.001)
     else:
-        from fastconv.train.keras import Conv2D, Dense, Flatten, MaxPooling2D, Sequential
+        from fastconv.train.keras import mnist_cnn
 
-        net = Sequential(
-            [
-                Conv2D(32, (3, 3), activation="relu", input_shape=(28, 28, 1)),
-                MaxPooling2D((2, 2)),
-                Conv2D(64, (3, 3), activation="relu"),
-                MaxPooling2D((2, 2)),
-                Conv2D(64, (3, 3), activation="relu"),
-                Flatten(),
-                Dense(64, activation="relu"),
-                Dense(10, activation="softmax"),
-            ],
-            backend=backend,
-            dtype=dtype,
-            seed=0,
-        )
+        net = mnist_cnn(backend=backend, dtype=dtype, seed=0)
         net.compile(optimizer=case.optimizer, loss="categorical_crossentropy")
         net.build()
         optimizer = net.optimizer

@@ -9,7 +9,7 @@ import pytest
 
 import fastconv
 from fastconv.train.gradcheck import GradcheckError, gradcheck
-from fastconv.train.keras import Conv2D, Dense, Dropout, Flatten, MaxPooling2D, Sequential
+from fastconv.train.keras import Conv2D, Dense, Dropout, Flatten, MaxPooling2D, Sequential, mnist_cnn
 from fastconv.train.networks import SimpleConvNet
 
 SMALL_CONV = {"filter_num": 3, "filter_size": 3, "pad": 1, "stride": 1}
@@ -17,22 +17,6 @@ SMALL_CONV = {"filter_num": 3, "filter_size": 3, "pad": 1, "stride": 1}
 
 def _small_net(backend: str | None = None, dtype=np.float64) -> SimpleConvNet:
     return SimpleConvNet((2, 6, 6), SMALL_CONV, 7, 4, "he", backend=backend, dtype=dtype, rng=0)
-
-
-def _keras_net(**kw) -> Sequential:
-    return Sequential(
-        [
-            Conv2D(32, (3, 3), activation="relu", input_shape=(28, 28, 1)),
-            MaxPooling2D((2, 2)),
-            Conv2D(64, (3, 3), activation="relu"),
-            MaxPooling2D((2, 2)),
-            Conv2D(64, (3, 3), activation="relu"),
-            Flatten(),
-            Dense(64, activation="relu"),
-            Dense(10, activation="softmax"),
-        ],
-        **kw,
-    )
 
 
 def test_simple_conv_net_has_the_books_default_shapes():
@@ -120,7 +104,7 @@ def test_parameter_file_with_wrong_shapes_or_names_is_refused(tmp_path):
 
 # -- Keras-style ----------------------------------------------------------------------------------
 def test_summary_prints_keras_output_shapes_and_exact_parameter_counts(capsys):
-    _keras_net().summary()
+    mnist_cnn().summary()
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines() if "(None," in line]
     shapes = [" ".join(r[2:-1]) for r in rows]
@@ -150,7 +134,7 @@ def test_summary_prints_keras_output_shapes_and_exact_parameter_counts(capsys):
 
 
 def test_sequential_accepts_channels_last_and_channels_first_images_alike(rng):
-    model = _keras_net(seed=0)
+    model = mnist_cnn(seed=0)
     x_nhwc = rng.random((3, 28, 28, 1)).astype(np.float32)
     p_last = model.predict(x_nhwc)
     np.testing.assert_array_equal(p_last, model.predict(x_nhwc.transpose(0, 3, 1, 2)))
@@ -161,7 +145,7 @@ def test_sequential_accepts_channels_last_and_channels_first_images_alike(rng):
 
 
 def test_glorot_uniform_initial_weights_stay_within_the_keras_limit():
-    model = _keras_net(seed=0)
+    model = mnist_cnn(seed=0)
     model.build()
     limit = np.sqrt(6.0 / (32 * 9 + 64 * 9))
     w = model.params["conv2d_1.W"]

@@ -22,6 +22,7 @@ __all__ = [
     "load_digits_dataset",
     "load_mnist",
     "main",
+    "mnist_cnn",
     "to_categorical",
 ]
 
@@ -35,6 +36,7 @@ _LAZY = {
     "make_optimizer": "optimizers",
     "SimpleConvNet": "networks",
     "Sequential": "keras",
+    "mnist_cnn": "keras",
     "Conv2D": "keras",
     "MaxPooling2D": "keras",
     "Flatten": "keras",

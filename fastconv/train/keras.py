@@ -812,6 +812,24 @@ class Sequential:
         return None
 
 
+def mnist_cnn(input_shape: Sequence[int] = (28, 28, 1), padding: str = "valid", **kwargs: Any) -> Sequential:
+    """The Keras tutorial's MNIST network, conv32-pool-conv64-pool-conv64-dense64-dense10 (93,322
+    parameters on 28x28x1 with 'valid' padding); ``kwargs`` go to :class:`Sequential` (backend, dtype, seed)."""
+    return Sequential(
+        [
+            Conv2D(32, (3, 3), activation="relu", padding=padding, input_shape=input_shape),
+            MaxPooling2D((2, 2)),
+            Conv2D(64, (3, 3), activation="relu", padding=padding),
+            MaxPooling2D((2, 2)),
+            Conv2D(64, (3, 3), activation="relu", padding=padding),
+            Flatten(),
+            Dense(64, activation="relu"),
+            Dense(10, activation="softmax"),
+        ],
+        **kwargs,
+    )
+
+
 def _progress(total: int, desc: str, enabled: bool) -> Any:
     if not enabled:
         return None

@@ -168,17 +168,11 @@ class Momentum(Optimizer):
         p += v
 
 
-class Nesterov(Optimizer):
+class Nesterov(Momentum):
     """Nesterov's accelerated gradient, in the book's form (Sutskever et al. reformulation):
     ``v = m*v - lr*g; p += m*m*v - (1 + m)*lr*g``."""
 
     name = "nesterov"
-    _hyper = ("lr", "momentum")
-    _slots = ("v",)
-
-    def __init__(self, lr: float = 0.01, momentum: float = 0.9) -> None:
-        super().__init__(lr)
-        self.momentum = float(momentum)
 
     def _step(self, key: str, p: Any, g: Any) -> None:
         v = self._slot("v", key, p)

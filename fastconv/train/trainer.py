@@ -172,24 +172,10 @@ def build_model(
             )
         return SimpleConvNet(input_shape, backend=backend, dtype=dtype, rng=rng)
     if kind == "keras":
-        from fastconv.train.keras import Conv2D, Dense, Flatten, MaxPooling2D, Sequential
+        from fastconv.train.keras import mnist_cnn
 
         pad = "same" if small else "valid"
-        return Sequential(
-            [
-                Conv2D(32, (3, 3), activation="relu", padding=pad, input_shape=(h, w, c)),
-                MaxPooling2D((2, 2)),
-                Conv2D(64, (3, 3), activation="relu", padding=pad),
-                MaxPooling2D((2, 2)),
-                Conv2D(64, (3, 3), activation="relu", padding=pad),
-                Flatten(),
-                Dense(64, activation="relu"),
-                Dense(10, activation="softmax"),
-            ],
-            backend=backend,
-            dtype=dtype,
-            seed=rng,
-        )
+        return mnist_cnn((h, w, c), pad, backend=backend, dtype=dtype, seed=rng)
     raise ValueError(f"model must be 'simple' or 'keras', got {kind!r}")
 
 
