@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastconv import _config
+from fastconv._config import configure, get_config
 from fastconv._registry import (
     BackendUnavailableError,
     get_backend,
+    get_backend_object,
     list_backends,
     register_backend,
     set_backend,
@@ -34,9 +37,12 @@ __version__ = "0.1.0"
 __all__ = [
     "BackendUnavailableError",
     "col2im",
+    "configure",
     "conv2d",
     "conv2d_backward",
     "get_backend",
+    "get_backend_object",
+    "get_config",
     "gradcheck",
     "im2col",
     "list_backends",
@@ -50,15 +56,19 @@ __all__ = [
     "use_backend",
 ]
 
+# numba's threading layer is chosen by the first parallel loop of the process, which may be other
+# code's: set fastconv's preference (tbb, workqueue, never OpenMP unless chosen) now, without numba.
+_config.prepare_numba_threading()
+
 
 def __getattr__(name: str) -> Any:
     # Heavier pieces load on first use, so `import fastconv` stays cheap.
     if name == "gradcheck":
-        from fastconv.train.gradcheck import gradcheck
+        from fastconv.testing import gradcheck
 
         return gradcheck
-    if name == "layers":
-        import fastconv.layers as layers
+    if name in ("layers", "testing"):
+        import importlib
 
-        return layers
+        return importlib.import_module(f"fastconv.{name}")
     raise AttributeError(f"module 'fastconv' has no attribute {name!r}")

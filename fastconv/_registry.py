@@ -27,6 +27,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from fastconv._arrays import is_cupy
 from fastconv.backends import BUILTIN, REQUIRED
 
 ENV_VAR = "FASTCONV_BACKEND"
@@ -204,7 +205,7 @@ def _is_available(name: str) -> bool:
 
 def _auto(x: Any) -> Any:
     """Dispatch by array type: CuPy arrays go to cupy, anything else to numba when usable, else numpy."""
-    if x is not None and type(x).__module__.split(".")[0] == "cupy":
+    if x is not None and is_cupy(x):
         return _get_loaded("cupy", "auto: the input is a CuPy array")
     if _is_available("numba"):
         return _entries["numba"].loaded
@@ -265,9 +266,18 @@ def get_backend(x: Any = None) -> str:
     return select(x=x).name
 
 
-def get_backend_object(name: str) -> Any:
-    """The backend object registered as ``name`` (loads it; raises if unavailable)."""
+def get_backend_object(name: str | None = None) -> Any:
+    """The backend object (usually a module) registered as ``name``, loaded; with no name, the one a
+    call on a NumPy array would use now. Raises BackendUnavailableError when it is unusable here.
+
+    Its kernels take the contract's clean arguments (see :mod:`fastconv.backends`); user code
+    normally calls the checked functional API instead.
+    """
+    if name is None:
+        return select()
     _validate_spec(name, "get_backend_object()")
+    if "," in name or name == "auto":
+        return _resolve(name, "get_backend_object()", None)
     return _get_loaded(name, "get_backend_object()")
 
 

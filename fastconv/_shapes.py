@@ -11,6 +11,7 @@ Backends never re-derive these: they call :func:`conv_output_size`.
 from __future__ import annotations
 
 import numbers
+from typing import Any
 
 Pair = tuple[int, int]
 IntOrPair = int | tuple[int, int]
@@ -38,6 +39,29 @@ def pair(value: IntOrPair, name: str, *, minimum: int) -> Pair:
     return values
 
 
+def positive_int(value: int, name: str) -> int:
+    """``value`` as an int >= 1 (a NumPy integer is fine); TypeError for anything else, such as a pair."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, got {value!r}")
+    return int(value)
+
+
+def shape4(value: Any, name: str) -> tuple[int, int, int, int]:
+    """A 4-D shape (N, C, H, W) of non-negative ints with H, W >= 1, as a tuple."""
+    try:
+        dims = tuple(value)
+    except TypeError:
+        raise TypeError(f"{name} must be a shape (N, C, H, W), got {type(value).__name__} {value!r}") from None
+    if len(dims) != 4 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in dims):
+        raise ValueError(f"{name} must be 4 ints (N, C, H, W), got {value!r}")
+    out = tuple(int(v) for v in dims)
+    if min(out) < 0 or min(out[2:]) < 1:
+        raise ValueError(f"{name} must have N, C >= 0 and H, W >= 1, got {out}")
+    return out  # type: ignore[return-value]
+
+
 def effective_kernel(k: int, dilation: int) -> int:
     """Extent of a dilated kernel: dilation*(k - 1) + 1."""
     return dilation * (k - 1) + 1
@@ -58,3 +82,13 @@ def conv_output_size(in_hw: Pair, kernel: Pair, stride: Pair, pad: Pair, dilatio
             )
         out.append((size + 2 * p - ek) // s + 1)
     return out[0], out[1]
+
+
+def bad_argmax_error(argmax: Any, window: int, count: int | None = None) -> ValueError:
+    """The error every backend raises for argmax values outside [0, window) (``window = kh*kw``)."""
+    low, high = int(argmax.min()), int(argmax.max())
+    many = "values" if count is None else f"{count} value" + ("s" if count != 1 else "")
+    return ValueError(
+        f"argmax holds {many} outside [0, {window}) (kh*kw of the pooling window; got min {low}, max {high}): "
+        "pass the argmax that max_pool2d returned for this x, kernel_size, stride, pad and dilation"
+    )

@@ -16,10 +16,20 @@ from typing import Any
 
 import numpy as np
 
-from fastconv import _registry
-from fastconv._shapes import IntOrPair, Pair, conv_output_size, effective_kernel, pair
+from fastconv import _arrays, _registry
+from fastconv._shapes import (
+    IntOrPair,
+    Pair,
+    bad_argmax_error,
+    conv_output_size,
+    effective_kernel,
+    pair,
+    positive_int,
+    shape4,
+)
 
 _COMPUTE = {np.dtype(np.float16): np.dtype(np.float32)}
+_FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _check_array(name: str, a: Any, ndim: int | None = None, what: str = "") -> None:
@@ -27,9 +37,16 @@ def _check_array(name: str, a: Any, ndim: int | None = None, what: str = "") -> 
         raise TypeError(
             f"{name} must be an array (numpy.ndarray or the backend's array type), got {type(a).__name__}"
         )
+    if not isinstance(a.dtype, np.dtype):  # e.g. a torch.Tensor, whose dtype is torch's own
+        raise TypeError(
+            f"{name} is a {type(a).__module__}.{type(a).__name__}, not a NumPy or CuPy array; convert it "
+            f"first (numpy.asarray({name}), or {name}.detach().cpu().numpy() for a torch.Tensor)"
+        )
+    if isinstance(a, np.ma.MaskedArray):
+        raise TypeError(f"{name} is a masked array, whose mask fastconv would ignore; pass {name}.filled(value)")
     if ndim is not None and a.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D {what}, got shape {tuple(a.shape)} ({a.ndim}-D)")
-    if a.dtype.kind != "f":
+    if a.dtype not in _FLOATS:
         raise TypeError(f"{name} must have a floating dtype (float16, float32 or float64), got {a.dtype}")
 
 
@@ -87,11 +104,17 @@ def _conv_args(
         raise ValueError(
             f"W must have at least one filter and a kernel of at least 1x1, got shape {tuple(W.shape)}"
         )
+    _check_image_size("x", x.shape)
     s = pair(stride, "stride", minimum=1)
     p = pair(pad, "pad", minimum=0)
     d = pair(dilation, "dilation", minimum=1)
     out_hw = conv_output_size(tuple(x.shape[2:]), tuple(W.shape[2:]), s, p, d)
     return s, p, d, out_hw
+
+
+def _check_image_size(name: str, shape: tuple[int, ...]) -> None:
+    if shape[2] < 1 or shape[3] < 1:
+        raise ValueError(f"{name} must have a height and width of at least 1, got shape {tuple(shape)}")
 
 
 def conv2d(
@@ -106,12 +129,16 @@ def conv2d(
     _layer_backend: str | None = None,
 ) -> Any:
     """2-D convolution (cross-correlation): x (N, C, H, W), W (F, C, kh, kw), b (F,) -> (N, F, OH, OW)."""
-    s, p, d, _ = _conv_args(x, W, stride, pad, dilation)
+    s, p, d, out_hw = _conv_args(x, W, stride, pad, dilation)
     out_dtype, dtype = _result_dtype(x, W)
     impl = _select(backend, _layer_backend, {"x": x, "W": W, "b": b if hasattr(b, "shape") else None})
-    y = impl.conv2d_forward(
-        _prep(impl, x, dtype), _prep(impl, W, dtype), _bias(impl, b, W.shape[0], dtype), s, p, d
-    )
+    bias = _bias(impl, b, W.shape[0], dtype)
+    if x.size == 0:  # an empty batch, or no channels: every output is the bias
+        y = impl.xp.zeros((x.shape[0], W.shape[0], *out_hw), dtype=dtype)
+        if bias is not None:
+            y += bias.reshape(1, -1, 1, 1)
+    else:
+        y = impl.conv2d_forward(_prep(impl, x, dtype), _prep(impl, W, dtype), bias, s, p, d)
     return y if y.dtype == out_dtype else y.astype(out_dtype)
 
 
@@ -134,18 +161,31 @@ def conv2d_backward(
     expected = (x.shape[0], W.shape[0], *out_hw)
     if tuple(dout.shape) != expected:
         raise ValueError(f"dout must have the forward output's shape {expected}, got {tuple(dout.shape)}")
+    if not isinstance(need_dx, (bool, np.bool_)):
+        raise TypeError(f"need_dx must be True or False, got {need_dx!r}")
     out_dtype, dtype = _result_dtype(dout, x, W)
     impl = _select(backend, _layer_backend, {"dout": dout, "x": x, "W": W})
-    grads = impl.conv2d_backward(
-        _prep(impl, dout, dtype), _prep(impl, x, dtype), _prep(impl, W, dtype), s, p, d, need_dx=need_dx
-    )
+    if x.size == 0:  # nothing to sum over: zero gradients of the right shapes, db from dout
+        xp = impl.xp
+        grads = (
+            xp.zeros(x.shape, dtype=dtype) if need_dx else None,
+            xp.zeros(W.shape, dtype=dtype),
+            xp.asarray(dout, dtype=dtype).sum(axis=(0, 2, 3)),
+        )
+    else:
+        grads = impl.conv2d_backward(
+            _prep(impl, dout, dtype), _prep(impl, x, dtype), _prep(impl, W, dtype), s, p, d, need_dx=bool(need_dx)
+        )
     return tuple(g if g is None or g.dtype == out_dtype else g.astype(out_dtype) for g in grads)
 
 
 def _pool_args(
-    x: Any, kernel_size: IntOrPair, stride: IntOrPair | None, pad: IntOrPair, dilation: IntOrPair
+    x_shape: tuple[int, ...],
+    kernel_size: IntOrPair,
+    stride: IntOrPair | None,
+    pad: IntOrPair,
+    dilation: IntOrPair,
 ) -> tuple[Pair, Pair, Pair, Pair, Pair]:
-    _check_array("x", x, 4, "(N, C, H, W)")
     k = pair(kernel_size, "kernel_size", minimum=1)
     s = k if stride is None else pair(stride, "stride", minimum=1)
     p = pair(pad, "pad", minimum=0)
@@ -156,7 +196,7 @@ def _pool_args(
                 f"pad {pp} must be at most half the pooling window {axis} {effective_kernel(kk, dd)} "
                 f"(kernel {kk}, dilation {dd}), or some windows would hold only padding"
             )
-    out_hw = conv_output_size(tuple(x.shape[2:]), k, s, p, d)
+    out_hw = conv_output_size(tuple(x_shape[2:]), k, s, p, d)
     return k, s, p, d, out_hw
 
 
@@ -175,9 +215,14 @@ def max_pool2d(
     ``stride`` defaults to ``kernel_size``; padding is -inf. ``argmax`` holds the window-local
     index i*kw + j of each window's first maximum in row-major order (NaN counts as maximum).
     """
-    (kh, kw), s, p, d, _ = _pool_args(x, kernel_size, stride, pad, dilation)
+    _check_array("x", x, 4, "(N, C, H, W)")
+    _check_image_size("x", x.shape)
+    (kh, kw), s, p, d, out_hw = _pool_args(x.shape, kernel_size, stride, pad, dilation)
     out_dtype, dtype = _result_dtype(x)
     impl = _select(backend, _layer_backend, {"x": x})
+    if x.size == 0:
+        shape = (*x.shape[:2], *out_hw)
+        return impl.xp.empty(shape, dtype=out_dtype), impl.xp.empty(shape, dtype=np.int32)
     y, argmax = impl.maxpool2d_forward(_prep(impl, x, dtype), kh, kw, s, p, d)
     return (y if y.dtype == out_dtype else y.astype(out_dtype)), argmax
 
@@ -194,26 +239,33 @@ def max_pool2d_backward(
     backend: str | None = None,
     _layer_backend: str | None = None,
 ) -> Any:
-    """Gradient of :func:`max_pool2d`: dout, argmax (N, C, OH, OW) -> dx (N, C, H, W)."""
-    x_shape = tuple(int(v) for v in x_shape)
-    if len(x_shape) != 4:
-        raise ValueError(f"x_shape must be (N, C, H, W), got {x_shape}")
-    probe = np.empty((0, 0, *x_shape[2:]), dtype=np.float32)  # shape-only stand-in for the checks
-    (kh, kw), s, p, d, out_hw = _pool_args(probe, kernel_size, stride, pad, dilation)
+    """Gradient of :func:`max_pool2d`: dout, argmax (N, C, OH, OW) -> dx (N, C, H, W).
+
+    Raises ValueError when ``argmax`` holds a value outside [0, kh*kw) (each backend checks it).
+    """
+    x_shape = shape4(x_shape, "x_shape")
+    (kh, kw), s, p, d, out_hw = _pool_args(x_shape, kernel_size, stride, pad, dilation)
     _check_array("dout", dout, 4, "(N, C, OH, OW)")
     expected = (*x_shape[:2], *out_hw)
     if tuple(dout.shape) != expected:
         raise ValueError(f"dout must have the forward output's shape {expected}, got {tuple(dout.shape)}")
-    if not hasattr(argmax, "shape") or tuple(argmax.shape) != expected or argmax.dtype.kind not in "iu":
-        got = (
-            f"shape {tuple(argmax.shape)} dtype {argmax.dtype}" if hasattr(argmax, "shape") else type(argmax)
+    if not (hasattr(argmax, "shape") and isinstance(getattr(argmax, "dtype", None), np.dtype)):
+        raise TypeError(f"argmax must be the integer array max_pool2d returned, got {type(argmax).__name__}")
+    if tuple(argmax.shape) != expected or argmax.dtype.kind not in "iu":
+        raise ValueError(
+            f"argmax must be the integer array max_pool2d returned, shape {expected}; "
+            f"got shape {tuple(argmax.shape)} dtype {argmax.dtype}"
         )
-        raise ValueError(f"argmax must be the integer array max_pool2d returned, shape {expected}; got {got}")
     out_dtype, dtype = _result_dtype(dout)
     impl = _select(backend, _layer_backend, {"dout": dout, "argmax": argmax})
-    dx = impl.maxpool2d_backward(
-        _prep(impl, dout, dtype), _prep(impl, argmax, np.int32), x_shape, kh, kw, s, p, d
-    )
+    if dout.size == 0:
+        return impl.xp.zeros(x_shape, dtype=out_dtype)
+    if argmax.dtype != np.int32:  # a wider or unsigned integer: cast only values that fit
+        xp = impl.xp
+        if argmax.min() < 0 or argmax.max() >= kh * kw:
+            raise bad_argmax_error(argmax, kh * kw)
+        argmax = xp.asarray(argmax, dtype=np.int32)
+    dx = impl.maxpool2d_backward(_prep(impl, dout, dtype), _prep(impl, argmax, np.int32), x_shape, kh, kw, s, p, d)
     return dx if dx.dtype == out_dtype else dx.astype(out_dtype)
 
 
@@ -227,16 +279,24 @@ def im2col(
     dilation: IntOrPair = 1,
     backend: str | None = None,
 ) -> Any:
-    """The book's im2col: input_data (N, C, H, W) -> col (N*OH*OW, C*filter_h*filter_w)."""
+    """The book's im2col: input_data (N, C, H, W) -> col (N*OH*OW, C*filter_h*filter_w).
+
+    ``filter_h`` and ``filter_w`` are ints (the book's signature); stride, pad and dilation take an
+    int or an (h, w) pair.
+    """
     _check_array("input_data", input_data, 4, "(N, C, H, W)")
-    kh = pair(filter_h, "filter_h", minimum=1)[0]
-    kw = pair(filter_w, "filter_w", minimum=1)[0]
+    _check_image_size("input_data", input_data.shape)
+    kh = positive_int(filter_h, "filter_h")
+    kw = positive_int(filter_w, "filter_w")
     s = pair(stride, "stride", minimum=1)
     p = pair(pad, "pad", minimum=0)
     d = pair(dilation, "dilation", minimum=1)
-    conv_output_size(tuple(input_data.shape[2:]), (kh, kw), s, p, d)
+    oh, ow = conv_output_size(tuple(input_data.shape[2:]), (kh, kw), s, p, d)
     out_dtype, dtype = _result_dtype(input_data)
     impl = _select(backend, None, {"input_data": input_data})
+    n, c = input_data.shape[:2]
+    if input_data.size == 0:
+        return impl.xp.zeros((n * oh * ow, c * kh * kw), dtype=out_dtype)
     col = impl.im2col(_prep(impl, input_data, dtype), kh, kw, s, p, d)
     return col if col.dtype == out_dtype else col.astype(out_dtype)
 
@@ -254,11 +314,9 @@ def col2im(
 ) -> Any:
     """The book's col2im: col (N*OH*OW, C*filter_h*filter_w) -> (N, C, H, W), the adjoint of im2col."""
     _check_array("col", col, 2, "(N*OH*OW, C*kh*kw)")
-    shape = tuple(int(v) for v in input_shape)
-    if len(shape) != 4:
-        raise ValueError(f"input_shape must be (N, C, H, W), got {input_shape!r}")
-    kh = pair(filter_h, "filter_h", minimum=1)[0]
-    kw = pair(filter_w, "filter_w", minimum=1)[0]
+    shape = shape4(input_shape, "input_shape")
+    kh = positive_int(filter_h, "filter_h")
+    kw = positive_int(filter_w, "filter_w")
     s = pair(stride, "stride", minimum=1)
     p = pair(pad, "pad", minimum=0)
     d = pair(dilation, "dilation", minimum=1)
@@ -268,6 +326,8 @@ def col2im(
         raise ValueError(f"col must have shape {expected} for input_shape {shape}, got {tuple(col.shape)}")
     out_dtype, dtype = _result_dtype(col)
     impl = _select(backend, None, {"col": col})
+    if col.size == 0:
+        return impl.xp.zeros(shape, dtype=out_dtype)
     dx = impl.col2im(_prep(impl, col, dtype), shape, kh, kw, s, p, d)
     return dx if dx.dtype == out_dtype else dx.astype(out_dtype)
 
@@ -280,10 +340,4 @@ def to_device(x: Any, backend: str | None = None) -> Any:
 
 def to_host(x: Any) -> np.ndarray:
     """Copy any backend's array back to a NumPy array (a no-op for NumPy arrays)."""
-    if isinstance(x, np.ndarray):
-        return x
-    if type(x).__module__.split(".")[0] == "cupy":
-        return x.get()
-    if hasattr(x, "__array__"):
-        return np.asarray(x)
-    raise TypeError(f"to_host needs an array, got {type(x).__name__}")
+    return _arrays.to_host(x)

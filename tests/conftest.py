@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import zlib
 from pathlib import Path
 
@@ -18,6 +19,25 @@ BUILTIN_BACKENDS = [
 
 # The real MNIST test set, shared read-only beside the repository (never copied into it).
 MNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
+MNIST_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+
+
+def mnist_missing_reason() -> str | None:
+    """Why the real MNIST files cannot be used here, or None when they can."""
+    missing = [name for name in MNIST_FILES if not (MNIST_DIR / name).is_file()]
+    return f"the real MNIST test set is not at {MNIST_DIR} (missing {', '.join(missing)})" if missing else None
+
+
+@pytest.fixture
+def mnist_dir() -> Path:
+    """The real MNIST test set beside the repository. A clone without ../shared/ skips the test with the
+    reason; CI (``CI`` set) always has the files, so there a missing file is a failure."""
+    reason = mnist_missing_reason()
+    if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the MNIST tests: {reason}")
+        pytest.skip(reason)
+    return MNIST_DIR
 
 
 @pytest.fixture(params=BUILTIN_BACKENDS)

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastconv import _cuda_check
+from cuda_tools import check as _cuda_check
 from fastconv._shapes import conv_output_size, effective_kernel
-from fastconv.backends import numpy_backend as ref
+from fastconv.backends import numpy as ref
 
 SETTINGS = settings(max_examples=60, deadline=None)
 DTYPES = ("float32", "float64")

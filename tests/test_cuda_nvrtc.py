@@ -12,8 +12,8 @@ import re
 
 import pytest
 
-from fastconv import _cuda_check
-from fastconv.backends import cuda
+from cuda_tools import check as _cuda_check
+from fastconv.backends.cupy import kernels as cuda
 
 
 @pytest.fixture(scope="module")

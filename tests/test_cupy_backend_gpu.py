@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 import fastconv
-from fastconv.backends import cuda as _cu
-from fastconv.backends import numpy_backend as ref
+from fastconv.backends.cupy import kernels as _cu
+from fastconv.backends import numpy as ref
 
 gpu = pytest.mark.gpu
 
@@ -43,7 +43,7 @@ POOL = [
 def cb():
     """The cupy backend module, usable; skip (not fail) without CuPy or a device."""
     pytest.importorskip("cupy")
-    from fastconv.backends import cupy_backend
+    from fastconv.backends import cupy as cupy_backend
 
     reason = cupy_backend.probe()
     if reason is not None:
@@ -239,7 +239,7 @@ def test_cupy_max_pool_is_correct_beyond_two_to_the_31_elements(cb):
 
 def test_import_fastconv_and_the_cupy_backend_module_do_not_import_cupy():
     code = (
-        "import sys, numpy, fastconv, fastconv.backends.cupy_backend as cb; "
+        "import sys, numpy, fastconv, fastconv.backends.cupy as cb; "
         "assert not cb.owns(numpy.zeros(1)); assert 'cupy' not in sys.modules, 'cupy imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -249,7 +249,7 @@ def test_selecting_cupy_without_a_usable_device_raises_a_one_line_actionable_err
     """Run with no visible device (CUDA_VISIBLE_DEVICES="", in a fresh process), so GPU machines check it too."""
     code = (
         "import json, numpy as np, fastconv\n"
-        "from fastconv.backends import cupy_backend\n"
+        "from fastconv.backends import cupy as cupy_backend\n"
         "reason = cupy_backend.probe()\n"
         "status = fastconv.list_backends()['cupy']\n"
         "try:\n"

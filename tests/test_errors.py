@@ -74,7 +74,7 @@ def test_pool_pad_over_half_the_window_is_an_error(on, x):
         fastconv.max_pool2d(x, 3, 1, 2, backend=on.name)
 
 
-@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.bool_, np.complex128, np.uint8])
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.bool_, np.complex128, np.uint8, np.longdouble])
 def test_non_float_dtypes_are_refused(on, rng, dtype):
     xi = on((rng.standard_normal((1, 1, 4, 4)) * 3).astype(dtype))
     W = on(rng.standard_normal((1, 1, 2, 2)))
@@ -139,7 +139,7 @@ class _StrictNumpy:
     """The numpy backend, but claiming no array type is its own: every input is 'on another device'."""
 
     def __getattr__(self, attr):
-        from fastconv.backends import numpy_backend
+        from fastconv.backends import numpy as numpy_backend
 
         return getattr(numpy_backend, attr)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import reference as ref
+from fastconv.testing import reference as ref
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

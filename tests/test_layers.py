@@ -7,7 +7,7 @@ from collections import OrderedDict
 
 import numpy as np
 import pytest
-import reference as ref
+from fastconv.testing import reference as ref
 from conftest import MNIST_DIR
 
 import fastconv

@@ -16,12 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import reference as ref
+from fastconv.testing import reference as ref
 
 pytest.importorskip("numba")
 
-from fastconv.backends import numba_backend as nb  # noqa: E402
-from fastconv.backends import numpy_backend  # noqa: E402
+import fastconv  # noqa: E402
+from fastconv.backends import numba as nb  # noqa: E402
+from fastconv.backends.numba import ops as nb_ops  # noqa: E402
+from fastconv.backends.numba import runtime  # noqa: E402
+from fastconv.backends import numpy as numpy_backend  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = {np.float32: dict(rtol=2e-5, atol=2e-5), np.float64: dict(rtol=1e-10, atol=1e-11)}
@@ -79,8 +82,8 @@ def chunk_bytes(request, monkeypatch):
     """Every image in one chunk of columns, and one image per chunk; one GEMM per image, and one
     GEMM per chunk (the wide layout)."""
     chunk, wide_max_p = request.param
-    monkeypatch.setattr(nb, "CHUNK_BYTES", chunk)
-    monkeypatch.setattr(nb, "WIDE_MAX_P", wide_max_p)
+    monkeypatch.setattr(nb_ops, "CHUNK_BYTES", chunk)
+    monkeypatch.setattr(nb_ops, "WIDE_MAX_P", wide_max_p)
     return chunk
 
 
@@ -242,7 +245,7 @@ def test_pooling_fast_paths_match_the_numpy_backend_with_ties_nans_and_infs(
 def test_warmup_compiles_every_kernel_for_float32_and_float64():
     from numba.core.registry import CPUDispatcher
 
-    from fastconv.backends import _numba_kernels as k
+    from fastconv.backends.numba import kernels as k
 
     seconds = nb.warmup()
     assert seconds >= 0
@@ -253,59 +256,52 @@ def test_warmup_compiles_every_kernel_for_float32_and_float64():
         assert {"float32", "float64"} <= first_args, name
 
 
-def test_set_threads_sets_numba_and_blas_threads_together():
+def test_configure_threads_sets_numba_and_blas_threads_together():
     import numba
     from threadpoolctl import threadpool_info
 
     before = numba.get_num_threads()
-    try:
-        nb.set_threads(1)
+    with fastconv.configure(threads=1):
         assert numba.get_num_threads() == 1
         assert all(p["num_threads"] == 1 for p in threadpool_info() if p["user_api"] == "blas")
-    finally:
-        nb.set_threads(before)
+    fastconv.configure(threads=before)
+    assert numba.get_num_threads() == before
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
-def test_set_threads_rejects_what_is_not_a_positive_int(bad):
+def test_configure_threads_rejects_what_is_not_a_positive_int(bad):
     with pytest.raises(ValueError, match="threads"):
-        nb.set_threads(bad)
+        fastconv.configure(threads=bad)
 
 
-def test_set_threads_above_numba_num_threads_says_how_to_raise_it():
+def test_configure_threads_above_numba_num_threads_says_how_to_raise_it():
     import numba
 
+    before = fastconv.get_config()
     with pytest.raises(ValueError, match="NUMBA_NUM_THREADS"):
-        nb.set_threads(numba.config.NUMBA_NUM_THREADS + 1)
+        fastconv.configure(threads=numba.config.NUMBA_NUM_THREADS + 1)
+    assert fastconv.get_config() == before
 
 
 def test_info_reports_numba_threading_layer_threads_and_blas():
     out = nb.info()
     for key in ("numba", "threading layer", "numba threads", "blas", "cache dir"):
         assert out[key], key
-    assert out["gemm threads"].startswith(nb.GEMM_THREADS + ":")
+    assert out["gemm threads"].startswith(fastconv.get_config()["gemm_threads"] + ":")
 
 
-def test_probe_says_numba_is_usable_here():
-    assert nb.probe() is None
-
-
-def test_probe_says_numba_is_missing_without_importing_anything():
+def test_a_missing_numba_makes_the_backend_unavailable_with_the_install_hint():
     code = (
         "import sys; sys.modules['numba'] = None\n"
-        "from fastconv.backends import numba_backend as nb\n"
-        "print(nb.probe())\n"
+        "import fastconv\n"
+        "print(fastconv.list_backends()['numba'])\n"
     )
-    assert "not installed" in _run_in_fresh_python(code)
+    out = _run_in_fresh_python(code)
+    assert "'available': False" in out and "pip install 'fastconv[numba]'" in out
 
 
-def test_importing_fastconv_and_the_backend_module_does_not_import_numba():
-    code = (
-        "import sys, fastconv\n"
-        "from fastconv.backends import numba_backend\n"
-        "numba_backend.probe()\n"
-        "print('numba' in sys.modules)\n"
-    )
+def test_importing_fastconv_does_not_import_numba():
+    code = "import sys, fastconv\nprint('numba' in sys.modules)\n"
     assert _run_in_fresh_python(code).strip() == "False"
 
 
@@ -316,7 +312,7 @@ def _tbb_installed() -> bool:
 def test_threading_layer_is_tbb_when_installed_else_workqueue_and_never_openmp_unless_chosen():
     code = (
         "import json, numpy as np, numba\n"
-        "from fastconv.backends import numba_backend as nb\n"
+        "from fastconv.backends import numba as nb\n"
         "nb.maxpool2d_forward(np.ones((1, 2, 4, 4)), 2, 2, (2, 2), (0, 0), (1, 1))\n"
         "print(json.dumps(numba.threading_layer()))\n"
     )
@@ -347,7 +343,8 @@ def test_cold_warmup_fills_an_empty_cache_that_a_fresh_process_then_loads(tmp_pa
     fresh process finds every kernel in the cache (no compilation)."""
     code = (
         "import json\n"
-        "from fastconv.backends import numba_backend as nb, _numba_kernels as k\n"
+        "from fastconv.backends import numba as nb\n"
+        "from fastconv.backends.numba import kernels as k\n"
         "nb.warmup()\n"
         "names = ('im2col_planes', 'col2im_planes', 'maxpool_forward', 'maxpool_backward')\n"
         "print(json.dumps({n: [len(getattr(k, n).stats.cache_hits), len(getattr(k, n).stats.cache_misses)]"
@@ -390,15 +387,15 @@ def test_first_use_on_a_cold_cache_says_numba_is_compiling_and_a_warm_cache_stay
     code = (
         "import sys; sys.stderr = sys.stdout\n"
         "import numpy as np, fastconv\n"
-        "from fastconv.backends import numba_backend as nb\n"
-        "nb.COMPILE_NOTICE_S = {notice_s}\n"
+        "from fastconv.backends.numba import runtime\n"
+        "runtime.COMPILE_NOTICE_S = {notice_s}\n"
         "x = np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32)\n"
         "W = np.random.default_rng(1).standard_normal((2, 3, 3, 3)).astype(np.float32)\n"
         "fastconv.conv2d(x, W, backend='numba')\n"
         "fastconv.max_pool2d(x, 2, backend='numba')\n"
         "print('done')\n"
     )
-    cold = _run_in_fresh_python(code.format(notice_s="nb.COMPILE_NOTICE_S"), NUMBA_CACHE_DIR=str(tmp_path))
+    cold = _run_in_fresh_python(code.format(notice_s="runtime.COMPILE_NOTICE_S"), NUMBA_CACHE_DIR=str(tmp_path))
     assert cold.count("numba is compiling") == 1, cold
     assert "float32" in cold and "fastconv warmup" in cold
     # a cache load takes well under a second; 5 s keeps a busy CI machine from reading as compiling
@@ -408,16 +405,16 @@ def test_first_use_on_a_cold_cache_says_numba_is_compiling_and_a_warm_cache_stay
 
 @pytest.mark.parametrize("wide_max_p", [0, 1 << 30], ids=["per-image", "wide"])
 def test_split_gemms_match_one_threaded_blas_call(rng, monkeypatch, wide_max_p):
-    """GEMM_THREADS="split" (one single-threaded BLAS call per thread) agrees with one BLAS call."""
-    monkeypatch.setattr(nb, "WIDE_MAX_P", wide_max_p)
+    """gemm_threads="split" (one single-threaded BLAS call per thread) agrees with one BLAS call."""
+    monkeypatch.setattr(nb_ops, "WIDE_MAX_P", wide_max_p)
     x, W, b = _data(rng, (5, 4, 9, 8), (6, 4, 3, 3), np.float64)
     dout = rng.standard_normal((5, 6, 9, 8))
     results = {}
     for mode in ("split", "blas"):
-        monkeypatch.setattr(nb, "GEMM_THREADS", mode)
-        results[mode] = (
-            nb.conv2d_forward(x, W, b, ONE, ONE, ONE),
-            *nb.conv2d_backward(dout, x, W, ONE, ONE, ONE),
-        )
+        with fastconv.configure(gemm_threads=mode):
+            results[mode] = (
+                nb.conv2d_forward(x, W, b, ONE, ONE, ONE),
+                *nb.conv2d_backward(dout, x, W, ONE, ONE, ONE),
+            )
     for got, want in zip(results["split"], results["blas"]):
         np.testing.assert_allclose(got, want, **TOL[np.float64])

@@ -15,7 +15,7 @@ import pytest
 
 import fastconv
 from fastconv import _registry
-from fastconv.backends import numpy_backend
+from fastconv.backends import numpy as numpy_backend
 from fastconv.layers import Convolution, Pooling, Relu
 
 
@@ -238,8 +238,8 @@ def test_entry_point_plugins_are_found(tmp_path, monkeypatch):
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fcplugin\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[fastconv.backends]\nplugged = fcplugin_mod\n")
     (tmp_path / "fcplugin_mod.py").write_text(
-        "from fastconv.backends.numpy_backend import *\n"
-        "from fastconv.backends.numpy_backend import owns, to_device, to_host, xp\nname = 'plugged'\n"
+        "from fastconv.backends.numpy import *\n"
+        "from fastconv.backends.numpy import owns, to_device, to_host, xp\nname = 'plugged'\n"
     )
     code = (
         "import fastconv, numpy as np\nprint(fastconv.list_backends()['plugged'])\n"

@@ -4,8 +4,9 @@ A backend is any object (usually a module) with these attributes. The functional
 (:mod:`fastconv.functional`) validates every argument once, so a backend receives only
 clean input:
 
-* arrays are C-contiguous, of the backend's array type, and of one compute dtype,
-  ``float32`` or ``float64`` (float16 is computed in float32 by the caller);
+* arrays are C-contiguous, non-empty, of the backend's array type, and of one compute dtype,
+  ``float32`` or ``float64`` (float16 is computed in float32 by the caller; empty batches and
+  channel counts of zero are answered by the caller without a kernel call);
 * ``stride``, ``pad`` and ``dilation`` are ``(h, w)`` tuples of Python ints
   (stride >= 1, pad >= 0, dilation >= 1) and the dilated window fits the padded input;
 * output sizes come from :func:`fastconv._shapes.conv_output_size` (floor mode).
@@ -30,7 +31,15 @@ Kernels (shapes use N batch, C channels, F filters, kh/kw kernel, OH/OW output):
         index i*kw + j of the FIRST maximum in row-major window order (NaN counts as the maximum,
         as in numpy.argmax)
     maxpool2d_backward(dout, argmax, x_shape, kh, kw, stride, pad, dilation) -> dx
-        dx: (N, C, H, W); each window's gradient goes to the input element its argmax names
+        dx: (N, C, H, W); each window's gradient goes to the input element its argmax names.
+        argmax (int32) comes from user code and is the one input the caller cannot check
+        cheaply: a value outside [0, kh*kw) raises ValueError (fastconv._shapes.bad_argmax_error),
+        and never writes outside dx
+
+Each backend is a package ``fastconv/backends/<name>/`` with the same layout: ``__init__.py`` (the
+attributes below), ``ops.py`` (the six kernels), ``kernels.py`` (compiled kernels, where there are
+any) and private helpers beside them. :class:`Backend` states the contract as a ``typing.Protocol``;
+:func:`fastconv.testing.check_backend` checks a backend against the float64 reference.
 
 Plus:
 
@@ -49,6 +58,56 @@ Optional:
 
 from __future__ import annotations
 
+from types import ModuleType
+from typing import Any, Protocol, runtime_checkable
+
+Pair = tuple[int, int]
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """The backend contract, for type checkers (``mypy`` checks the three built-ins against it)."""
+
+    name: str
+
+    @property
+    def xp(self) -> ModuleType | None: ...
+
+    def owns(self, array: object) -> bool: ...
+
+    def to_device(self, array: Any) -> Any: ...
+
+    def to_host(self, array: Any) -> Any: ...
+
+    def im2col(self, x: Any, kh: int, kw: int, stride: Pair, pad: Pair, dilation: Pair) -> Any: ...
+
+    def col2im(
+        self, col: Any, x_shape: tuple[int, int, int, int], kh: int, kw: int, stride: Pair, pad: Pair, dilation: Pair
+    ) -> Any: ...
+
+    def conv2d_forward(self, x: Any, W: Any, b: Any | None, stride: Pair, pad: Pair, dilation: Pair) -> Any: ...
+
+    def conv2d_backward(
+        self, dout: Any, x: Any, W: Any, stride: Pair, pad: Pair, dilation: Pair, need_dx: bool = True
+    ) -> tuple[Any | None, Any, Any]: ...
+
+    def maxpool2d_forward(
+        self, x: Any, kh: int, kw: int, stride: Pair, pad: Pair, dilation: Pair
+    ) -> tuple[Any, Any]: ...
+
+    def maxpool2d_backward(
+        self,
+        dout: Any,
+        argmax: Any,
+        x_shape: tuple[int, int, int, int],
+        kh: int,
+        kw: int,
+        stride: Pair,
+        pad: Pair,
+        dilation: Pair,
+    ) -> Any: ...
+
+
 KERNELS = (
     "im2col",
     "col2im",
@@ -62,10 +121,10 @@ REQUIRED = ("name", "xp", "owns", "to_device", "to_host", *KERNELS)
 # Built-in backends, as lazy import strings (nothing is imported until a backend is used),
 # with the install hint given when one is unavailable.
 BUILTIN = {
-    "numpy": ("fastconv.backends.numpy_backend", "numpy is a dependency of fastconv"),
-    "numba": ("fastconv.backends.numba_backend", "pip install 'fastconv[numba]'"),
+    "numpy": ("fastconv.backends.numpy", "numpy is a dependency of fastconv"),
+    "numba": ("fastconv.backends.numba", "pip install 'fastconv[numba]'"),
     "cupy": (
-        "fastconv.backends.cupy_backend",
+        "fastconv.backends.cupy",
         "pip install 'fastconv[cuda12]' on a machine with an NVIDIA GPU and driver",
     ),
 }

@@ -1,6 +1,6 @@
 """Check the CUDA kernels of the cupy backend on a machine without a GPU.
 
-Two checks, both on the real ``.cu`` sources in :mod:`fastconv.backends.cuda`:
+Two checks, both on the real ``.cu`` sources of :mod:`fastconv.backends.cupy`:
 
 1. :func:`nvrtc_check` compiles every source with NVRTC for compute_70, compute_80 and compute_90,
    instantiating every template through NVRTC name expressions (as ``cupy.RawModule`` does), and
@@ -11,7 +11,7 @@ Two checks, both on the real ``.cu`` sources in :mod:`fastconv.backends.cuda`:
    template instantiation for ctypes calls on NumPy buffers, so that tests can compare the kernels'
    index math with the NumPy backend.
 
-``python -m fastconv._cuda_check`` runs both and prints a summary.
+``python tests/cuda/check.py`` runs both and prints a summary. Test machinery, not part of the package.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastconv.backends import cuda as _cu
+from fastconv.backends.cupy import kernels as _cu
 
 ARCHS = ("compute_70", "compute_80", "compute_90")
 # Real GPU code (SASS, through ptxas) for the same generations, as cupy.RawModule builds it when NVRTC
@@ -41,6 +41,7 @@ CUBIN_ARCHS = ("sm_70", "sm_80", "sm_90")
 CUPY_ADDED_OPTIONS = ("--device-as-default-execution-space",)
 NVRTC_ENV = "FASTCONV_NVRTC_LIBRARY"
 CACHE_ENV = "FASTCONV_KERNEL_CACHE"
+CPU_COMPAT = Path(__file__).resolve().parent / "cpu_compat.h"
 
 
 class NVRTCNotFoundError(RuntimeError):
@@ -253,8 +254,8 @@ def build_cpu_library(cxx: str | None = None, cache_dir: Path | None = None) -> 
     digest = hashlib.sha256()
     for part in (cxx, " ".join(CXX_FLAGS), wrapper):
         digest.update(part.encode() + b"\0")
-    for name in (_cu.CPU_COMPAT, _cu.HEADER, *_cu.FILES):
-        digest.update((_cu.SOURCE_DIR / name).read_bytes() + b"\0")
+    for path in (CPU_COMPAT, *(_cu.SOURCE_DIR / name for name in (_cu.HEADER, *_cu.FILES))):
+        digest.update(path.read_bytes() + b"\0")
     out_dir = cache_dir or _cache_dir()
     target = out_dir / f"fastconv_kernels_{digest.hexdigest()[:16]}.so"
     if target.exists():
@@ -267,7 +268,7 @@ def build_cpu_library(cxx: str | None = None, cache_dir: Path | None = None) -> 
             cxx,
             *CXX_FLAGS,
             "-include",
-            str(_cu.SOURCE_DIR / _cu.CPU_COMPAT),
+            str(CPU_COMPAT),
             "-I",
             str(_cu.SOURCE_DIR),
             str(cpp),

@@ -3,9 +3,9 @@
 Pure Python and NumPy, no CUDA: this module is shared by the three consumers of the sources, so that
 all three see exactly the same kernels called with exactly the same arguments:
 
-* :mod:`fastconv.backends.cupy_backend` loads them with ``cupy.RawModule`` on the GPU;
-* :mod:`fastconv._cuda_check` compiles them with NVRTC for compute_70/80/90 (no GPU needed), and
-  compiles them with g++ and ``cpu_compat.h`` into a CPU library called through ctypes.
+* :mod:`fastconv.backends.cupy.ops` loads them with ``cupy.RawModule`` on the GPU;
+* ``tests/cuda/check.py`` compiles them with NVRTC for compute_70/80/90 (no GPU needed), and
+  compiles them with g++ and ``tests/cuda/cpu_compat.h`` into a CPU library called through ctypes.
 
 Every kernel is a template ``kernel<T, I>``: ``T`` the element type (float, double), ``I`` the index
 type (int when every tensor of the call has fewer than 2**31 elements, else long long; 32-bit
@@ -24,7 +24,6 @@ from fastconv._shapes import Pair, conv_output_size
 
 SOURCE_DIR = Path(__file__).resolve().parent
 HEADER = "fastconv_common.cuh"
-CPU_COMPAT = "cpu_compat.h"
 
 #: NumPy dtype name -> C type, for T and for I.
 ELEMENT_TYPES = {"float32": "float", "float64": "double"}

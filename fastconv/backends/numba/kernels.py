@@ -1,59 +1,25 @@
-"""The numba kernels of the ``numba`` backend (private; imported on first use, never at ``import fastconv``).
+"""The numba backend's compiled loops. ``ops.py`` allocates their outputs and calls them.
 
-Every kernel is a plain ``@njit(parallel=True, cache=True)`` function, so ``NUMBA_DISABLE_JIT=1``
-runs it as ordinary Python. Parallel loops (``prange``) always run over disjoint outputs (an image,
-an (image, channel) plane, a filter): no write races, and every sum is taken in one fixed order, so
-results are bitwise reproducible run to run.
+Every kernel is a plain ``@njit`` function, so ``NUMBA_DISABLE_JIT=1`` runs it as ordinary Python.
+Parallel loops (``prange``) always run over disjoint outputs (an image, an (image, channel) plane):
+no write races, and every sum is taken in one fixed order, so results are bitwise reproducible run
+to run.
 
-Kernels write into arrays the caller allocates with NumPy: NumPy asks the kernel for huge
-pages on big arrays, while memory numba allocates is faulted in 4 KiB pages, which cost up to
-25 us each in a virtual machine (50 ms for an 8 MB result, measured here).
+Kernels write into arrays the caller allocates with NumPy: NumPy asks the kernel for huge pages on
+big arrays, while memory numba allocates is faulted in 4 KiB pages, which are slow in a virtual
+machine (BENCHMARKS.md has the figures).
+
+Import :mod:`fastconv.backends.numba.runtime` first (the package does): it chooses the cache
+directory and the threading layer, which the decorators below and numba's first parallel loop read.
 
 Shared argument names: ``sh, sw`` stride, ``ph, pw`` padding, ``dh, dw`` dilation, ``oh_n, ow_n``
 the output size from :func:`fastconv._shapes.conv_output_size` (the caller computes it once).
-Importing this module chooses numba's threading layer, unless the user chose one with
-``NUMBA_THREADING_LAYER`` or ``NUMBA_THREADING_LAYER_PRIORITY``: ``tbb`` when it loads, else
-``workqueue``, never OpenMP (its threads spin after each loop and fight OpenBLAS's threads for the
-cores: S4 forward + backward 2.8x slower, training steps 2x). Measured with ``fastconv bench``
-(numba only, 2 threads, float32, two runs each): tbb against workqueue, S2 forward 0.88-1.06 ms
-against 1.80-1.93, S4 forward + backward 206-225 ms against 234-261, max-pool backward P1
-0.58-0.59 ms against 0.76-0.89, the Keras training step 32-46 ms against 42-50.
 """
 
 from __future__ import annotations
 
-import ctypes
-import os
-import sys
-
-import numba
 import numpy as np
 from numba import njit, prange
-
-
-def _preload_pip_tbb() -> None:
-    """Load pip's libtbb.so.12 by its full path, so that numba's tbb layer finds it.
-
-    The ``tbb`` wheel puts the library in ``<prefix>/lib``, which is not on the loader's path in a
-    virtual environment: numba then reports the layer as missing. A library already loaded under
-    the same soname satisfies numba's own import of it.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    for prefix in dict.fromkeys((sys.prefix, sys.base_prefix)):
-        path = os.path.join(prefix, "lib", "libtbb.so.12")
-        if os.path.exists(path):
-            try:
-                ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
-            except OSError:  # a broken install: numba falls back to workqueue
-                pass
-            return
-
-
-if not os.environ.get("NUMBA_THREADING_LAYER") and not os.environ.get("NUMBA_THREADING_LAYER_PRIORITY"):
-    _preload_pip_tbb()
-    numba.config.THREADING_LAYER = "default"  # the first of the priority list that loads
-    numba.config.THREADING_LAYER_PRIORITY = ["tbb", "workqueue", "omp"]  # workqueue always loads
 
 _PLAIN = {"parallel": True, "cache": True}
 
@@ -328,6 +294,9 @@ def maxpool_backward(dout, argmax, dx, gbits, dbits, kh, kw, sh, sw, ph, pw, dh,
     once: the gradient's bits where the argmax points, masked to +0 elsewhere. Otherwise each plane
     of dx is zeroed and then accumulated in L1 (windows in output order, so overlapping windows sum
     deterministically); the argmax k = i*kw + j maps to a flat offset through a table.
+
+    Returns how many argmax values lie outside [0, kh*kw): their windows are skipped, never written
+    out of bounds, and the caller refuses the call.
     """
     n_n, c_n, oh_n, ow_n = dout.shape
     h_n, w_n = dx.shape[2], dx.shape[3]
@@ -342,6 +311,8 @@ def maxpool_backward(dout, argmax, dx, gbits, dbits, kh, kw, sh, sw, ph, pw, dh,
             off[i * kw + j] = i * dh * w_n + j * dw
     lo, hi = _valid_range(-pw, sw, w_n - (kw - 1) * dw, ow_n)
     hlo, hhi = _valid_range(-ph, sh, h_n - (kh - 1) * dh, oh_n)
+    kk = kh * kw
+    bad = 0
     for t in prange(n_n * c_n):
         n = t // c_n
         c = t % c_n
@@ -358,6 +329,8 @@ def maxpool_backward(dout, argmax, dx, gbits, dbits, kh, kw, sh, sw, ph, pw, dh,
                 for ow in range(ow_n):
                     # dx[n, c, 2*oh + i, 2*ow + j] = dout[n, c, oh, ow] if argmax == 2*i + j else +0
                     k = ar[ow]
+                    if k < 0 or k > 3:
+                        bad += 1
                     g = gr[ow]
                     r0[2 * ow] = g & -int(k == 0)
                     r0[2 * ow + 1] = g & -int(k == 1)
@@ -374,12 +347,16 @@ def maxpool_backward(dout, argmax, dx, gbits, dbits, kh, kw, sh, sw, ph, pw, dh,
             a, b = (lo, hi) if hlo <= oh < hhi else (0, 0)
             for ow in range(ow_n):
                 # dx[n, c, oh*sh + i*dh - ph, ow*sw + j*dw - pw] += dout[n, c, oh, ow], k = argmax = i*kw + j
-                if a <= ow < b:
-                    dp[h0 * w_n + ow * sw - pw + off[ar[ow]]] += gr[ow]
-                    continue
                 k = ar[ow]
+                if k < 0 or k >= kk:
+                    bad += 1
+                    continue
+                if a <= ow < b:
+                    dp[h0 * w_n + ow * sw - pw + off[k]] += gr[ow]
+                    continue
                 i = k // kw
                 h = h0 + i * dh
                 w = ow * sw - pw + (k - i * kw) * dw
                 if 0 <= h < h_n and 0 <= w < w_n:
                     dp[h * w_n + w] += gr[ow]
+    return bad

@@ -1,8 +1,7 @@
-"""The NumPy backend: vectorised im2col/col2im, GEMM convolution, max pooling.
+"""The NumPy backend's six contract kernels: vectorised im2col/col2im, GEMM convolution, max pooling.
 
-Every loop here runs over kernel taps (kh*kw iterations), never over pixels; the work
-inside each iteration is a whole-array NumPy operation. See :mod:`fastconv.backends`
-for the contract these functions implement.
+Every loop here runs over kernel taps (kh*kw iterations), never over pixels; the work inside each
+iteration is a whole-array NumPy operation.
 """
 
 from __future__ import annotations
@@ -10,38 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from fastconv._shapes import Pair, conv_output_size
-
-name = "numpy"
-xp = np
-
-
-def owns(array: object) -> bool:
-    return isinstance(array, np.ndarray)
-
-
-def to_device(array: np.ndarray) -> np.ndarray:
-    return np.asarray(array)
-
-
-def to_host(array: np.ndarray) -> np.ndarray:
-    return np.asarray(array)
-
-
-def info() -> dict[str, str]:
-    out = {"numpy": np.__version__}
-    try:
-        from threadpoolctl import threadpool_info
-
-        blas = [
-            f"{p['internal_api']} {p['version']} ({p['num_threads']} threads)"
-            for p in threadpool_info()
-            if p.get("user_api") == "blas"
-        ]
-        out["blas"] = "; ".join(blas) or "unknown"
-    except ImportError:
-        out["blas"] = "unknown (pip install threadpoolctl to see it)"
-    return out
+from fastconv._shapes import Pair, bad_argmax_error, conv_output_size
 
 
 def _pad(x: np.ndarray, pad: Pair, value: float = 0.0) -> np.ndarray:
@@ -212,7 +180,12 @@ def maxpool2d_backward(
     pad: Pair,
     dilation: Pair,
 ) -> np.ndarray:
-    """dout, argmax: (N, C, OH, OW) -> dx: (N, C, H, W); window gradient goes to its argmax element."""
+    """dout, argmax: (N, C, OH, OW) -> dx: (N, C, H, W); window gradient goes to its argmax element.
+
+    Raises ValueError when an argmax value lies outside [0, kh*kw).
+    """
+    if argmax.min() < 0 or argmax.max() >= kh * kw:
+        raise bad_argmax_error(argmax, kh * kw)
     n, c, h, w = x_shape
     out_hw = argmax.shape[2:]
     dxpad = np.zeros((n, c, h + 2 * pad[0], w + 2 * pad[1]), dtype=dout.dtype)

@@ -1,0 +1,54 @@
+"""The NumPy backend: vectorised NumPy kernels, GEMMs through NumPy's BLAS.
+
+The reference backend: always available, no compilation. The kernels are in ``ops.py``; see
+:mod:`fastconv.backends` for the contract.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fastconv._config import blas_description
+from fastconv.backends.numpy.ops import (
+    col2im,
+    conv2d_backward,
+    conv2d_forward,
+    im2col,
+    maxpool2d_backward,
+    maxpool2d_forward,
+)
+
+__all__ = [
+    "col2im",
+    "conv2d_backward",
+    "conv2d_forward",
+    "im2col",
+    "info",
+    "maxpool2d_backward",
+    "maxpool2d_forward",
+    "name",
+    "owns",
+    "to_device",
+    "to_host",
+    "xp",
+]
+
+name = "numpy"
+xp = np
+
+
+def owns(array: object) -> bool:
+    return isinstance(array, np.ndarray)
+
+
+def to_device(array: np.ndarray) -> np.ndarray:
+    return np.asarray(array)
+
+
+def to_host(array: np.ndarray) -> np.ndarray:
+    return np.asarray(array)
+
+
+def info() -> dict[str, str]:
+    """NumPy's version and its BLAS with its thread count."""
+    return {"numpy": np.__version__, "blas": blas_description()}
