@@ -1,7 +1,7 @@
 """asv: time and peak memory of each kernel, by backend, dtype and shape.
 
 Conv kernels (im2col, col2im, conv forward, conv backward) run on shapes S1-S6 and the max
-pool kernels on P1-P3 (see :mod:`fastconv._bench_shapes`). Backends that are not usable
+pool kernels on P1-P3 (see :mod:`fastconv.bench.cases`). Backends that are not usable
 here are skipped (NotImplementedError in setup). Each timed call ends with a device
 synchronisation so GPU work is inside the timed region.
 """

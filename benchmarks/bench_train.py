@@ -1,7 +1,7 @@
 """asv: time and peak memory of one training step (forward, backward, optimizer update) of each network.
 
 T1 is the book's SimpleConvNet (batch 100, Adam), T2 the Keras-style MNIST network (batch 64,
-RMSprop); see :mod:`fastconv._bench_shapes`. Skipped when a backend is unavailable or the
+RMSprop); see :mod:`fastconv.bench.cases`. Skipped when a backend is unavailable or the
 training stack (``fastconv.train``) is not importable.
 """
 

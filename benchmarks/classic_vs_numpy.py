@@ -2,21 +2,23 @@
 
     python benchmarks/classic_vs_numpy.py [--repeat 15]
 
-Samples of the two are interleaved. The classic algorithm is the book's Convolution layer (tests/reference.py: im2col by tap loop, GEMM,
-transposes, col2im by tap loop). Prints the median milliseconds and the ratio classic / numpy.
+Samples of the two are interleaved. The classic algorithm is the book's Convolution layer
+(``fastconv.testing.reference.BookConvolution``: im2col by tap loop, GEMM, transposes, col2im by tap
+loop). Prints the median milliseconds and the ratio classic / numpy.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 import fastconv
+from fastconv.testing import reference
 
 SHAPES = {
     "S1 x(100,1,28,28) W(30,1,5,5)": ((100, 1, 28, 28), (30, 1, 5, 5), 0),
@@ -24,11 +26,11 @@ SHAPES = {
 }
 
 
-def median_ms(fns, repeat):
+def median_ms(fns: Sequence[Callable[[], Any]], repeat: int) -> list[float]:
     """Median ms per call of each function, their samples interleaved so that load falls on all alike."""
     for fn in fns:
         fn()
-    times = [[] for _ in fns]
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeat):
         for fn, samples in zip(fns, times):
             start = time.perf_counter()
@@ -38,9 +40,7 @@ def median_ms(fns, repeat):
 
 
 def main() -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    import reference  # the book's classic layers, kept with the tests
-
+    """Print a markdown table: classic and numpy forward and backward, and their ratios."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--dtype", default="float64")

@@ -1,7 +1,10 @@
 """Tune the numba backend's CHUNK_BYTES: forward + backward of S4 and S5 (float32) for several
 column-chunk sizes, samples interleaved, median of --repeat.
 
-python benchmarks/numba_chunk_bytes.py [--threads 2] [--repeat 7] [--shapes S4,S5]
+python benchmarks/numba_chunk_bytes.py [--threads 2] [--repeat 7] [--shapes S4,S5] [--gemm-threads blas]
+
+CHUNK_BYTES (in ``fastconv.backends.numba.ops``) is an internal constant, not a setting: this
+script changes it on the module for each sample and puts it back at the end.
 """
 
 from __future__ import annotations
@@ -12,28 +15,29 @@ import time
 
 import numpy as np
 
-from fastconv._bench_shapes import ConvCase, conv_inputs, select
-from fastconv.backends import numba_backend as nb
+import fastconv
+from fastconv.backends.numba import ops
+from fastconv.bench.cases import ConvCase, conv_inputs, select
 
 SIZES = {"4 MiB": 4 << 20, "16 MiB": 16 << 20, "64 MiB": 64 << 20, "whole batch": 1 << 50}
 
 
 def measure_case(case: ConvCase, repeat: int) -> dict[str, float]:
-    """Median seconds of forward + backward for each chunk size."""
+    """Median seconds of forward + backward of ``case`` for each chunk size of :data:`SIZES`."""
     a = conv_inputs(case, np.float32)
-    conv = ((case.stride,) * 2, (case.pad,) * 2, (1, 1))
+    s, p = case.stride, case.pad
 
     def step() -> None:
-        nb.conv2d_forward(a["x"], a["W"], a["b"], *conv)
-        nb.conv2d_backward(a["dout"], a["x"], a["W"], *conv)
+        fastconv.conv2d(a["x"], a["W"], a["b"], s, p, backend="numba")
+        fastconv.conv2d_backward(a["dout"], a["x"], a["W"], s, p, backend="numba")
 
     times: dict[str, list[float]] = {label: [] for label in SIZES}
     for size in SIZES.values():
-        nb.CHUNK_BYTES = size
+        ops.CHUNK_BYTES = size
         step()
     for _ in range(repeat):
         for label, size in SIZES.items():
-            nb.CHUNK_BYTES = size
+            ops.CHUNK_BYTES = size
             start = time.perf_counter()
             step()
             times[label].append(time.perf_counter() - start)
@@ -41,20 +45,33 @@ def measure_case(case: ConvCase, repeat: int) -> dict[str, float]:
 
 
 def main() -> None:
+    """Print, per shape, the median forward + backward time for each chunk size."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--shapes", default="S4,S5", help="convolution shapes of fastconv bench")
+    parser.add_argument(
+        "--gemm-threads",
+        choices=("blas", "split"),
+        default="blas",
+        help="how the GEMMs are threaded (fastconv.configure(gemm_threads=...)); default blas",
+    )
     args = parser.parse_args()
-    nb.set_threads(args.threads)
-    default = nb.CHUNK_BYTES
     try:
-        for case in select(args.shapes):
+        cases = select(args.shapes)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if not all(isinstance(case, ConvCase) for case in cases):
+        parser.error("--shapes: convolution shapes only (S1-S6)")
+    fastconv.configure(threads=args.threads, gemm_threads=args.gemm_threads)
+    default = ops.CHUNK_BYTES
+    try:
+        for case in cases:
             medians = measure_case(case, args.repeat)
             cells = ", ".join(f"{label} {s * 1e3:.0f} ms" for label, s in medians.items())
             print(f"{case.name} forward + backward: {cells}")
     finally:
-        nb.CHUNK_BYTES = default
+        ops.CHUNK_BYTES = default
 
 
 if __name__ == "__main__":

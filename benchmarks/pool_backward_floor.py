@@ -21,8 +21,7 @@ import numpy as np
 from numba import njit, prange
 
 import fastconv
-from fastconv._bench_shapes import PoolCase, pool_inputs, select
-from fastconv.backends import numba_backend as nb
+from fastconv.bench.cases import PoolCase, pool_inputs, select
 
 
 @njit(parallel=True, cache=True)
@@ -64,11 +63,12 @@ def calls_for(case: PoolCase, torch: Any) -> tuple[dict[str, Callable[[], Any]],
 
 
 def main() -> None:
+    """Print, per pool case, the median of each call and the floor's share of PyTorch's time."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=15)
     args = parser.parse_args()
-    nb.set_threads(args.threads)
+    fastconv.configure(threads=args.threads)  # numba's threads and BLAS's
     try:
         import torch
 

@@ -1,9 +1,9 @@
-"""The benchmark shapes for the asv suite, from the working tree's ``fastconv/_bench_shapes.py``.
+"""The benchmark cases for the asv suite, from the working tree's ``fastconv/bench/cases.py``.
 
-asv benchmarks old commits with the *current* benchmark suite, so the shapes are loaded from
-this checkout's file by path (the single definition, shared with ``fastconv bench`` and the
+asv benchmarks old commits with the *current* benchmark suite, so the cases are loaded from this
+checkout's file by path (the single definition, shared with ``fastconv bench`` and the
 pytest-benchmark suite), not from the fastconv installed for the commit under test, which may
-predate it. Outside a checkout, the installed ``fastconv._bench_shapes`` is used.
+predate it. Outside a checkout, the installed ``fastconv.bench.cases`` is used.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from types import ModuleType
 
 
 def _load() -> ModuleType:
-    path = Path(__file__).resolve().parents[1] / "fastconv" / "_bench_shapes.py"
+    path = Path(__file__).resolve().parents[1] / "fastconv" / "bench" / "cases.py"
     if not path.is_file():
-        import fastconv._bench_shapes as installed
+        import fastconv.bench.cases as installed
 
         return installed
-    name = "fastconv_bench_shapes_worktree"
+    name = "fastconv_bench_cases_worktree"
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
@@ -31,11 +31,11 @@ def _load() -> ModuleType:
     return module
 
 
-_shapes = _load()
-BY_NAME = _shapes.BY_NAME
-CONV_CASES = _shapes.CONV_CASES
-POOL_CASES = _shapes.POOL_CASES
-TRAIN_CASES = _shapes.TRAIN_CASES
-conv_inputs = _shapes.conv_inputs
-pool_inputs = _shapes.pool_inputs
-build_train_step = _shapes.build_train_step
+_cases = _load()
+BY_NAME = _cases.BY_NAME
+CONV_CASES = _cases.CONV_CASES
+POOL_CASES = _cases.POOL_CASES
+TRAIN_CASES = _cases.TRAIN_CASES
+conv_inputs = _cases.conv_inputs
+pool_inputs = _cases.pool_inputs
+build_train_step = _cases.build_train_step

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -48,17 +49,21 @@ def get_config() -> dict[str, Any]:
 
 class _Configured:
     """What :func:`configure` returns: already applied; as a context manager it restores the
-    previous settings on exit."""
+    previous settings on exit (thread counts included, as they were before)."""
 
-    def __init__(self, previous: dict[str, Any]) -> None:
+    def __init__(self, previous: dict[str, Any], undo: list[Callable[[], None]]) -> None:
         self._previous = previous
+        self._undo = undo
 
     def __enter__(self) -> _Configured:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        restore = {k: v for k, v in self._previous.items() if k != "threads" or v is not None}
-        configure(**restore)
+        with _lock:
+            for undo in reversed(self._undo):
+                undo()
+            for key, value in self._previous.items():
+                setattr(settings, key, value)
 
     def __repr__(self) -> str:
         return f"fastconv.configure({', '.join(f'{k}={v!r}' for k, v in get_config().items())})"
@@ -79,28 +84,33 @@ def configure(*, threads: int | None = None, gemm_threads: str | None = None) ->
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ValueError(f"threads must be a positive int, got {threads!r}")
     if gemm_threads is not None and gemm_threads not in GEMM_THREADS:
-        raise ValueError(f"gemm_threads must be one of {', '.join(map(repr, GEMM_THREADS))}, got {gemm_threads!r}")
+        raise ValueError(
+            f"gemm_threads must be one of {', '.join(map(repr, GEMM_THREADS))}, got {gemm_threads!r}"
+        )
     with _lock:
         previous = get_config()
+        undo = []
         if threads is not None:
-            _apply_threads(threads)
+            undo = _apply_threads(threads)
             settings.threads = threads
         if gemm_threads is not None:
             settings.gemm_threads = gemm_threads
-    return _Configured(previous)
+    return _Configured(previous, undo)
 
 
-def _apply_threads(n: int) -> None:
-    """numba's threads (when numba is installed) and BLAS's, both set to ``n``."""
+def _apply_threads(n: int) -> list[Callable[[], None]]:
+    """Set numba's threads (when numba is installed) and BLAS's to ``n``; returns what undoes it."""
     import importlib.util
 
+    undo = []
     if importlib.util.find_spec("numba") is not None:
         from fastconv.backends.numba import runtime
 
-        runtime.set_numba_threads(n)  # checks n against NUMBA_NUM_THREADS before anything changes
+        undo.append(runtime.set_numba_threads(n))  # checks n against NUMBA_NUM_THREADS first
     from threadpoolctl import threadpool_limits
 
-    threadpool_limits(limits=n, user_api="blas")
+    undo.append(threadpool_limits(limits=n, user_api="blas").restore_original_limits)
+    return undo
 
 
 def cache_dir() -> Path:
@@ -127,16 +137,39 @@ def _layer_env_is_ours() -> bool:
 _our_priority = " ".join(NUMBA_LAYER_PRIORITY)
 
 
+def preload_pip_tbb() -> None:
+    """Load pip's ``libtbb.so.12`` by its full path, so that numba's tbb layer finds it.
+
+    The ``tbb`` wheel puts the library in ``<prefix>/lib``, which is not on the loader's path in a
+    virtual environment: numba would report the layer as missing. A library already loaded under the
+    same soname satisfies numba's own load of it. Nothing happens where the wheel is not installed.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    for prefix in dict.fromkeys((sys.prefix, sys.base_prefix)):
+        path = os.path.join(prefix, "lib", "libtbb.so.12")
+        if os.path.exists(path):
+            import ctypes
+
+            try:
+                ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+            except OSError:  # a broken install: numba falls back to workqueue
+                pass
+            return
+
+
 def prepare_numba_threading() -> None:
     """Make numba prefer tbb, then workqueue, then OpenMP, unless the user chose a layer.
 
-    Called at ``import fastconv`` without importing numba: it sets ``NUMBA_THREADING_LAYER_PRIORITY``
-    in the environment (numba reads it when imported, and again before each compilation), and, when
-    numba is already imported and its pool not yet started, numba's configuration itself. So code
-    that starts numba's thread pool before fastconv's first kernel still gets this order.
+    Called at ``import fastconv`` without importing numba: it loads pip's tbb library (see
+    :func:`preload_pip_tbb`) and sets ``NUMBA_THREADING_LAYER_PRIORITY`` in the environment (numba
+    reads it when imported, and again before each compilation), and, when numba is already imported
+    and its pool not yet started, numba's configuration itself. So code that starts numba's thread
+    pool before fastconv's first kernel still gets this order.
     """
     if user_chose_numba_layer():
         return
+    preload_pip_tbb()
     os.environ["NUMBA_THREADING_LAYER_PRIORITY"] = _our_priority
     numba = sys.modules.get("numba")
     config = getattr(numba, "config", None)

@@ -53,7 +53,9 @@ def shape4(value: Any, name: str) -> tuple[int, int, int, int]:
     try:
         dims = tuple(value)
     except TypeError:
-        raise TypeError(f"{name} must be a shape (N, C, H, W), got {type(value).__name__} {value!r}") from None
+        raise TypeError(
+            f"{name} must be a shape (N, C, H, W), got {type(value).__name__} {value!r}"
+        ) from None
     if len(dims) != 4 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in dims):
         raise ValueError(f"{name} must be 4 ints (N, C, H, W), got {value!r}")
     out = tuple(int(v) for v in dims)
@@ -70,7 +72,8 @@ def effective_kernel(k: int, dilation: int) -> int:
 def conv_output_size(in_hw: Pair, kernel: Pair, stride: Pair, pad: Pair, dilation: Pair) -> Pair:
     """(OH, OW) of a convolution or pooling window sweep (floor mode).
 
-    Raises ValueError when the dilated window is larger than the padded input.
+    Raises ValueError when the dilated window is larger than the padded input, or when an output
+    size reaches 2**31 (only an absurd padding does that).
     """
     out = []
     for axis, size, k, s, p, d in zip(("height", "width"), in_hw, kernel, stride, pad, dilation):
@@ -80,15 +83,21 @@ def conv_output_size(in_hw: Pair, kernel: Pair, stride: Pair, pad: Pair, dilatio
                 f"window {axis} {ek} (kernel {k}, dilation {d}) is larger than the padded input "
                 f"{axis} {size + 2 * p} (input {size}, pad {p}); use a smaller kernel or more padding"
             )
-        out.append((size + 2 * p - ek) // s + 1)
+        o = (size + 2 * p - ek) // s + 1
+        if o >= 2**31:  # no allocation could hold it; numba and CUDA index with 64-bit ints below this
+            raise ValueError(
+                f"output {axis} {o} (input {size}, pad {p}, stride {s}) is not below 2**31: pad {p} is far too large"
+            )
+        out.append(o)
     return out[0], out[1]
 
 
-def bad_argmax_error(argmax: Any, window: int, count: int | None = None) -> ValueError:
+def bad_argmax_error(argmax: Any, window: int) -> ValueError:
     """The error every backend raises for argmax values outside [0, window) (``window = kh*kw``)."""
+    count = int(((argmax < 0) | (argmax >= window)).sum())
     low, high = int(argmax.min()), int(argmax.max())
-    many = "values" if count is None else f"{count} value" + ("s" if count != 1 else "")
     return ValueError(
-        f"argmax holds {many} outside [0, {window}) (kh*kw of the pooling window; got min {low}, max {high}): "
-        "pass the argmax that max_pool2d returned for this x, kernel_size, stride, pad and dilation"
+        f"argmax holds {count} value{'s' if count != 1 else ''} outside [0, {window}) (kh*kw of the pooling "
+        f"window; got min {low}, max {high}): pass the argmax that max_pool2d returned for this x, "
+        "kernel_size, stride, pad and dilation"
     )

@@ -20,6 +20,7 @@ Run `fastconv COMMAND --help` for a command's options."""
 
 
 def info(argv: Sequence[str]) -> int:
+    """``fastconv info``: versions, platform, and each backend's availability and details; the exit status."""
     argparse.ArgumentParser(
         prog="fastconv info", description="Show backends and their environment."
     ).parse_args(argv)
@@ -35,7 +36,7 @@ def info(argv: Sequence[str]) -> int:
     for name, status in fastconv.list_backends().items():
         if status["available"]:
             print(f"\n[{name}] available")
-            backend = _registry.get_backend_object(name)
+            backend = fastconv.get_backend_object(name)
             details = backend.info() if hasattr(backend, "info") else {}
             for key, value in details.items():
                 print(f"  {key}: {value}")
@@ -50,6 +51,7 @@ def info(argv: Sequence[str]) -> int:
 
 
 def warmup(argv: Sequence[str]) -> int:
+    """``fastconv warmup``: compile (or load from the cache) every JIT kernel; the exit status."""
     parser = argparse.ArgumentParser(
         prog="fastconv warmup", description="Compile every kernel of the JIT backends ahead of time."
     )
@@ -58,14 +60,13 @@ def warmup(argv: Sequence[str]) -> int:
     )
     args = parser.parse_args(argv)
     import fastconv
-    from fastconv import _registry
 
     statuses = fastconv.list_backends()
     names = args.backend or [n for n, s in statuses.items() if s["available"]]
     failed = 0
     for name in names:
         try:
-            backend = _registry.get_backend_object(name)
+            backend = fastconv.get_backend_object(name)
         except (ValueError, RuntimeError) as exc:
             print(f"{name}: {exc}", file=sys.stderr)
             failed += 1
@@ -86,6 +87,7 @@ def warmup(argv: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fastconv`` command: dispatch to a subcommand; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)

@@ -43,7 +43,9 @@ def _check_array(name: str, a: Any, ndim: int | None = None, what: str = "") -> 
             f"first (numpy.asarray({name}), or {name}.detach().cpu().numpy() for a torch.Tensor)"
         )
     if isinstance(a, np.ma.MaskedArray):
-        raise TypeError(f"{name} is a masked array, whose mask fastconv would ignore; pass {name}.filled(value)")
+        raise TypeError(
+            f"{name} is a masked array, whose mask fastconv would ignore; pass {name}.filled(value)"
+        )
     if ndim is not None and a.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D {what}, got shape {tuple(a.shape)} ({a.ndim}-D)")
     if a.dtype not in _FLOATS:
@@ -174,7 +176,13 @@ def conv2d_backward(
         )
     else:
         grads = impl.conv2d_backward(
-            _prep(impl, dout, dtype), _prep(impl, x, dtype), _prep(impl, W, dtype), s, p, d, need_dx=bool(need_dx)
+            _prep(impl, dout, dtype),
+            _prep(impl, x, dtype),
+            _prep(impl, W, dtype),
+            s,
+            p,
+            d,
+            need_dx=bool(need_dx),
         )
     return tuple(g if g is None or g.dtype == out_dtype else g.astype(out_dtype) for g in grads)
 
@@ -265,7 +273,9 @@ def max_pool2d_backward(
         if argmax.min() < 0 or argmax.max() >= kh * kw:
             raise bad_argmax_error(argmax, kh * kw)
         argmax = xp.asarray(argmax, dtype=np.int32)
-    dx = impl.maxpool2d_backward(_prep(impl, dout, dtype), _prep(impl, argmax, np.int32), x_shape, kh, kw, s, p, d)
+    dx = impl.maxpool2d_backward(
+        _prep(impl, dout, dtype), _prep(impl, argmax, np.int32), x_shape, kh, kw, s, p, d
+    )
     return dx if dx.dtype == out_dtype else dx.astype(out_dtype)
 
 

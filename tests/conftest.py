@@ -25,7 +25,9 @@ MNIST_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 def mnist_missing_reason() -> str | None:
     """Why the real MNIST files cannot be used here, or None when they can."""
     missing = [name for name in MNIST_FILES if not (MNIST_DIR / name).is_file()]
-    return f"the real MNIST test set is not at {MNIST_DIR} (missing {', '.join(missing)})" if missing else None
+    return (
+        f"the real MNIST test set is not at {MNIST_DIR} (missing {', '.join(missing)})" if missing else None
+    )
 
 
 @pytest.fixture

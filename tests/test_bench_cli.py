@@ -7,11 +7,28 @@ import json
 import pytest
 
 from fastconv import bench
-from fastconv._bench_shapes import BY_NAME, CASES, conv_inputs, select
+from fastconv.bench.cases import BY_NAME, CASES, conv_inputs, select
+from fastconv.bench.report import render
 
 
-def test_quick_run_on_numpy_prints_table_and_writes_json_and_png(tmp_path, capsys):
-    out_json, out_png, out_md = tmp_path / "r.json", tmp_path / "r.png", tmp_path / "r.md"
+@pytest.fixture
+def threads_restored():
+    """Puts numba's and every BLAS/OpenMP pool's thread count back after a test that runs `--threads`."""
+    from threadpoolctl import threadpool_limits
+
+    try:
+        import numba
+    except ImportError:
+        numba = None
+    numba_before = numba.get_num_threads() if numba else None
+    with threadpool_limits(limits=None):  # restores each pool's count on exit
+        yield
+    if numba is not None:
+        numba.set_num_threads(numba_before)
+
+
+def test_quick_run_on_numpy_prints_table_and_writes_json_and_png(tmp_path, capsys, threads_restored):
+    out_json, out_png = tmp_path / "r.json", tmp_path / "r.png"
     rc = bench.main(
         [
             "--quick",
@@ -26,8 +43,6 @@ def test_quick_run_on_numpy_prints_table_and_writes_json_and_png(tmp_path, capsy
             str(out_json),
             "--plot",
             str(out_png),
-            "--markdown",
-            str(out_md),
             "-q",
         ]
     )
@@ -37,11 +52,11 @@ def test_quick_run_on_numpy_prints_table_and_writes_json_and_png(tmp_path, capsy
     assert "float32, backward" in printed and "forward + backward" in printed
     assert "| S2 | x(64,1,28,28) W(32,1,3,3) s1 p0 | **" in printed
     assert "| P1 |" in printed
-    assert out_md.read_text().count("| S2 |") == 3
 
     doc = json.loads(out_json.read_text())
     assert doc["command"].startswith("fastconv bench --quick")
     assert doc["threads"] == 1
+    assert doc["threads_applied"]["fastconv"] == 1 and doc["threads_applied"]["threadpoolctl"] == 1
     for key in ("cpu", "cores", "blas", "versions", "gpu"):
         assert key in doc["machine"]
     rows = {(r["shape"], r["phase"], r["peer"]): r for r in doc["results"]}
@@ -154,11 +169,24 @@ def test_tables_mark_the_fastest_peer_and_give_ratios():
     assert "| S1 | w | **4 (1.00x)** | 8 (2.00x) |" in text  # forward + backward
 
 
-def test_markdown_output_replaces_only_the_text_between_the_markers(tmp_path):
-    doc = tmp_path / "BENCHMARKS.md"
-    doc.write_text(f"# Prose\nkept\n{bench.MARK_START}\nold table\n{bench.MARK_END}\nafter\n")
-    bench.write_markdown(str(doc), "| new | table |")
-    assert doc.read_text() == f"# Prose\nkept\n{bench.MARK_START}\n| new | table |\n{bench.MARK_END}\nafter\n"
-    fresh = tmp_path / "fresh.md"
-    bench.write_markdown(str(fresh), "| t |")
-    assert fresh.read_text() == "| t |"
+def test_report_header_says_whether_torch_on_a_gpu_used_tf32():
+    row = {
+        "dtype": "float32",
+        "shape": "S1",
+        "what": "w",
+        "peer": "cupy",
+        "phase": "forward",
+        "median_ms": 1.0,
+    }
+    machine = {"cpu": "c", "cores": 1, "gpu": ["g"], "blas": "b", "versions": {}}
+    doc = {
+        "date": "d",
+        "threads": None,
+        "command": "fastconv bench",
+        "settings": {"repeat": 1, "warmup": 1, "min_time": 0.0},
+        "results": [row],
+        "machine": machine,
+    }
+    assert "TF32" not in render(doc)
+    machine["torch_cuda"] = {"cudnn": 91000, "tf32": False}
+    assert "| torch-cuda: cuDNN 91000, TF32 off\n" in render(doc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,19 +10,47 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+START, END = "<!-- fastconv-bench:start -->", "<!-- fastconv-bench:end -->"
 
 
-def _run(script: str, *args: str) -> str:
+def _run(script: str, *args: str, status: int = 0) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(
         [sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True, timeout=600
     )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+    assert done.returncode == status, done.stderr
+    return done
+
+
+def _bench_run(path: Path) -> Path:
+    """A small `fastconv bench --json` document, written by hand (no measuring)."""
+    rows = [
+        {
+            "dtype": "float32",
+            "shape": "S2",
+            "what": "x(64,1,28,28)",
+            "peer": peer,
+            "phase": phase,
+            "median_ms": ms,
+            "min_ms": ms,
+        }
+        for peer, ms in (("numpy", 2.0), ("numba", 1.0))
+        for phase in ("forward", "backward")
+    ]
+    doc = {
+        "date": "2026-01-01T00:00:00+00:00",
+        "command": "fastconv bench --shapes S2",
+        "settings": {"warmup": 2, "repeat": 7, "min_time": 0.02},
+        "threads": 2,
+        "machine": {"cpu": "cpu", "cores": 2, "gpu": "none", "blas": "openblas", "versions": {"numpy": "2"}},
+        "results": rows,
+    }
+    path.write_text(json.dumps(doc))
+    return path
 
 
 @pytest.mark.slow
 def test_startup_script_reports_import_overhead_and_warm_first_use():
-    out = _run("startup.py", "--repeat", "1", "--cold", "0")
+    out = _run("startup.py", "--repeat", "1", "--cold", "0").stdout
     assert "over numpy" in out
     assert "numba imported by import fastconv: False; cupy: False" in out
     assert "warm first use (no scipy):" in out
@@ -29,12 +58,39 @@ def test_startup_script_reports_import_overhead_and_warm_first_use():
 
 def test_pool_backward_floor_script_times_every_pool_case():
     pytest.importorskip("numba")
-    out = _run("pool_backward_floor.py", "--repeat", "1", "--threads", "1")
+    out = _run("pool_backward_floor.py", "--repeat", "1", "--threads", "1").stdout
     for case in ("P1", "P2", "P3"):
         assert f"{case} (" in out and "numba" in out and "floor" in out
 
 
 def test_chunk_bytes_script_times_each_chunk_size():
     pytest.importorskip("numba")
-    out = _run("numba_chunk_bytes.py", "--repeat", "1", "--threads", "1", "--shapes", "S2")
+    out = _run("numba_chunk_bytes.py", "--repeat", "1", "--threads", "1", "--shapes", "S2").stdout
     assert out.startswith("S2 forward + backward: 4 MiB") and "whole batch" in out
+
+
+def test_benchmarks_md_script_replaces_only_the_text_between_the_markers(tmp_path):
+    doc = tmp_path / "BENCHMARKS.md"
+    doc.write_text(f"# Prose\nkept\n{START}\nold table\n{END}\nafter\n")
+    _run("write_benchmarks_md.py", str(_bench_run(tmp_path / "r.json")), "--out", str(doc))
+    text = doc.read_text()
+    assert text.startswith(f"# Prose\nkept\n{START}\n2026-01-01T00:00:00+00:00 | cpu, 2 cores")
+    assert text.endswith(f"\n{END}\nafter\n") and "old table" not in text
+    assert "| S2 | x(64,1,28,28) | 2 (2.00x) | **1 (1.00x)** |" in text
+    assert "`fastconv bench --shapes S2`" in text
+
+
+def test_benchmarks_md_script_creates_a_missing_file_with_the_markers(tmp_path):
+    fresh = tmp_path / "fresh.md"
+    _run("write_benchmarks_md.py", str(_bench_run(tmp_path / "r.json")), "--out", str(fresh), "--stat", "min")
+    text = fresh.read_text()
+    assert text.startswith(f"{START}\n") and text.endswith(f"{END}\n")
+    assert "float32, forward: min ms (ratio to the fastest)" in text
+
+
+def test_benchmarks_md_script_leaves_a_file_without_markers_alone(tmp_path):
+    prose = tmp_path / "notes.md"
+    prose.write_text("# Only prose\n")
+    done = _run("write_benchmarks_md.py", str(_bench_run(tmp_path / "r.json")), "--out", str(prose), status=2)
+    assert "add the two marker lines" in done.stderr
+    assert prose.read_text() == "# Only prose\n"

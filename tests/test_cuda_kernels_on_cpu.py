@@ -13,10 +13,10 @@ import shutil
 
 import numpy as np
 import pytest
+from cuda_tools import check as _cuda_check
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cuda_tools import check as _cuda_check
 from fastconv._shapes import conv_output_size, effective_kernel
 from fastconv.backends import numpy as ref
 

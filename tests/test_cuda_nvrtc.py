@@ -11,8 +11,8 @@ import os
 import re
 
 import pytest
-
 from cuda_tools import check as _cuda_check
+
 from fastconv.backends.cupy import kernels as cuda
 
 

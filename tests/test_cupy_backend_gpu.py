@@ -2,8 +2,9 @@
 
 Tests that need a device carry the ``gpu`` marker and skip cleanly where CuPy or a device is missing;
 the backend-parametrised suite (test_kernels.py and friends) also runs on cupy on such a machine.
-Run them on a GPU machine with ``pytest -m gpu`` (or ``python -m fastconv.gpu_runbook``). The tests
-without the marker check the behaviour on machines without a GPU (CuPy installed or not).
+Run them on a GPU machine with ``pytest -m gpu`` (or ``nox -s gpu``, which then times the cupy backend
+against PyTorch's cuDNN with ``fastconv bench``). The tests without the marker check the behaviour on
+machines without a GPU (CuPy installed or not).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import numpy as np
 import pytest
 
 import fastconv
-from fastconv.backends.cupy import kernels as _cu
 from fastconv.backends import numpy as ref
+from fastconv.backends.cupy import kernels as _cu
 
 gpu = pytest.mark.gpu
 
@@ -237,12 +238,20 @@ def test_cupy_max_pool_is_correct_beyond_two_to_the_31_elements(cb):
         np.testing.assert_array_equal(cupy.asnumpy(dx[:, :, 2 * r : 2 * r + 2]), dx_ref)
 
 
-def test_import_fastconv_and_the_cupy_backend_module_do_not_import_cupy():
+def test_the_cupy_backend_package_loads_without_cupy_and_says_why_it_is_unusable():
+    """The kernel table must load on machines without CuPy (the CI checks compile its sources)."""
     code = (
-        "import sys, numpy, fastconv, fastconv.backends.cupy as cb; "
-        "assert not cb.owns(numpy.zeros(1)); assert 'cupy' not in sys.modules, 'cupy imported'"
+        "import sys; sys.modules['cupy'] = None\n"
+        "import fastconv.backends.cupy as cb\n"
+        "from fastconv.backends.cupy import kernels\n"
+        "print(cb.xp is None, len(kernels.KERNELS) > 0)\n"
+        "print(cb.probe())\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    first, reason = done.stdout.splitlines()
+    assert first == "True True"
+    assert "CuPy is not installed" in reason and "pip install 'fastconv[cuda12]'" in reason
 
 
 def test_selecting_cupy_without_a_usable_device_raises_a_one_line_actionable_error():
@@ -271,12 +280,3 @@ def test_selecting_cupy_without_a_usable_device_raises_a_one_line_actionable_err
     assert out["status"] == {"available": False, "reason": reason}
     assert out["error"] is not None
     assert "\n" not in out["error"] and reason in out["error"]
-
-
-def test_runbook_table_gives_fastconv_time_over_torch_time():
-    from fastconv.gpu_runbook import format_table
-
-    row = {"case": "S1", "op": "conv forward", "shape": "x(1,1,5,5)", "fastconv_ms": 3.0, "torch_ms": 2.0}
-    table = format_table([{**row, "max_diff": 1e-6}]).splitlines()
-    assert table[0].startswith("| case | op |") and len(table) == 3
-    assert "| 1.50 |" in table[2] and "3.000" in table[2] and "2.000" in table[2]

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fastconv.testing import reference as ref
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastconv
+from fastconv.testing import reference as ref
 
 TOL = {np.float32: dict(rtol=1e-5, atol=1e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}
 

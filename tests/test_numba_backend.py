@@ -16,15 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from fastconv.testing import reference as ref
 
 pytest.importorskip("numba")
 
 import fastconv  # noqa: E402
 from fastconv.backends import numba as nb  # noqa: E402
-from fastconv.backends.numba import ops as nb_ops  # noqa: E402
-from fastconv.backends.numba import runtime  # noqa: E402
 from fastconv.backends import numpy as numpy_backend  # noqa: E402
+from fastconv.backends.numba import ops as nb_ops  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = {np.float32: dict(rtol=2e-5, atol=2e-5), np.float64: dict(rtol=1e-10, atol=1e-11)}
@@ -292,9 +292,7 @@ def test_info_reports_numba_threading_layer_threads_and_blas():
 
 def test_a_missing_numba_makes_the_backend_unavailable_with_the_install_hint():
     code = (
-        "import sys; sys.modules['numba'] = None\n"
-        "import fastconv\n"
-        "print(fastconv.list_backends()['numba'])\n"
+        "import sys; sys.modules['numba'] = None\nimport fastconv\nprint(fastconv.list_backends()['numba'])\n"
     )
     out = _run_in_fresh_python(code)
     assert "'available': False" in out and "pip install 'fastconv[numba]'" in out
@@ -395,7 +393,9 @@ def test_first_use_on_a_cold_cache_says_numba_is_compiling_and_a_warm_cache_stay
         "fastconv.max_pool2d(x, 2, backend='numba')\n"
         "print('done')\n"
     )
-    cold = _run_in_fresh_python(code.format(notice_s="runtime.COMPILE_NOTICE_S"), NUMBA_CACHE_DIR=str(tmp_path))
+    cold = _run_in_fresh_python(
+        code.format(notice_s="runtime.COMPILE_NOTICE_S"), NUMBA_CACHE_DIR=str(tmp_path)
+    )
     assert cold.count("numba is compiling") == 1, cold
     assert "float32" in cold and "fastconv warmup" in cold
     # a cache load takes well under a second; 5 s keeps a busy CI machine from reading as compiling

@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from fastconv.bench import FastconvPeer, Peer, TorchPeer, set_threads
+from fastconv.bench.peers import FastconvPeer, Peer, TorchPeer, apply_threads
 
 PEERS = ["numpy", "numba", "cupy", "torch", "torch-cuda"]
 
@@ -35,10 +35,11 @@ def peer(request: pytest.FixtureRequest) -> Peer:
         made = FastconvPeer(name)
     threads = os.environ.get("FASTCONV_BENCH_THREADS")
     if threads:
-        set_threads(int(threads), [made])
+        apply_threads(int(threads), [made])
     return made
 
 
 @pytest.fixture(params=["float32", "float64"])
 def dtype(request: pytest.FixtureRequest) -> str:
+    """The compute dtype of a benchmark."""
     return request.param

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from fastconv._bench_shapes import CONV_CASES, POOL_CASES, TRAIN_CASES, Case, TrainCase
-from fastconv.bench import PHASES, STEP, Peer
+from fastconv.bench.cases import CONV_CASES, PHASES, POOL_CASES, STEP, TRAIN_CASES, Case, TrainCase
+from fastconv.bench.peers import Peer
 
 
 def _for(benchmark: Any, case: Case) -> Case:
@@ -37,7 +37,9 @@ def _run(benchmark: Any, peer: Peer, fn: Any) -> None:
 
 @pytest.mark.parametrize("phase", PHASES)
 @pytest.mark.parametrize("case", CONV_CASES + POOL_CASES, ids=lambda c: c.name)
-def test_kernel(benchmark: Any, peer: Peer, case: Case, phase: str, dtype: str) -> None:
+def test_kernel_phase_is_timed_on_every_peer(
+    benchmark: Any, peer: Peer, case: Case, phase: str, dtype: str
+) -> None:
     """Convolution (x, W, b -> y; dout -> dx, dW, db) or max pool (x -> y, argmax; dout -> dx)."""
     benchmark.group = f"{case.name} {phase} {dtype}"
     benchmark.extra_info["case"] = case.describe()
@@ -46,7 +48,9 @@ def test_kernel(benchmark: Any, peer: Peer, case: Case, phase: str, dtype: str) 
 
 
 @pytest.mark.parametrize("case", TRAIN_CASES, ids=lambda c: c.name)
-def test_train_step(benchmark: Any, peer: Peer, case: TrainCase, dtype: str) -> None:
+def test_training_step_is_timed_on_every_peer(
+    benchmark: Any, peer: Peer, case: TrainCase, dtype: str
+) -> None:
     """One training step (forward, backward, optimizer update) of each network."""
     if peer.name in ("numpy", "numba", "cupy"):
         pytest.importorskip("fastconv.train.keras" if case.network == "keras" else "fastconv.train.networks")

@@ -68,7 +68,8 @@ Pair = tuple[int, int]
 class Backend(Protocol):
     """The backend contract, for type checkers (``mypy`` checks the three built-ins against it)."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     @property
     def xp(self) -> ModuleType | None: ...
@@ -82,10 +83,19 @@ class Backend(Protocol):
     def im2col(self, x: Any, kh: int, kw: int, stride: Pair, pad: Pair, dilation: Pair) -> Any: ...
 
     def col2im(
-        self, col: Any, x_shape: tuple[int, int, int, int], kh: int, kw: int, stride: Pair, pad: Pair, dilation: Pair
+        self,
+        col: Any,
+        x_shape: tuple[int, int, int, int],
+        kh: int,
+        kw: int,
+        stride: Pair,
+        pad: Pair,
+        dilation: Pair,
     ) -> Any: ...
 
-    def conv2d_forward(self, x: Any, W: Any, b: Any | None, stride: Pair, pad: Pair, dilation: Pair) -> Any: ...
+    def conv2d_forward(
+        self, x: Any, W: Any, b: Any | None, stride: Pair, pad: Pair, dilation: Pair
+    ) -> Any: ...
 
     def conv2d_backward(
         self, dout: Any, x: Any, W: Any, stride: Pair, pad: Pair, dilation: Pair, need_dx: bool = True

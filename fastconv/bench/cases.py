@@ -1,4 +1,4 @@
-"""The benchmark shapes: one definition, used by ``fastconv bench``, asv and pytest-benchmark.
+"""The benchmark cases: one definition, used by ``fastconv bench``, asv and pytest-benchmark.
 
 Convolutions (``S*``) and max pools (``P*``), NCHW::
 
@@ -18,8 +18,13 @@ and one training step (forward, backward, optimizer update) of each network (``T
     T2 the Keras MNIST network (conv 32 - pool - conv 64 - pool - conv 64 - dense 64 - dense 10),
        batch 64, RMSprop
 
-Inputs are fresh standard-normal draws from a seeded generator (never zeros), so every
-backend and peer sees the same numbers.
+A kernel case is timed in two phases, ``forward`` and ``backward`` (:data:`PHASES`); a training
+case in one, ``step`` (:data:`STEP`). Inputs are fresh standard-normal draws from a seeded
+generator (never zeros), so every backend and peer sees the same numbers.
+
+asv loads this file by path from the working tree (``benchmarks/shapes.py``) and runs it against
+the fastconv installed for the commit under test, which may be older: at import it needs only
+NumPy and ``fastconv._shapes``; the training stack is imported when a training step is built.
 """
 
 from __future__ import annotations
@@ -130,8 +135,13 @@ TRAIN_CASES: tuple[TrainCase, ...] = (
 CASES: tuple[Case, ...] = CONV_CASES + POOL_CASES + TRAIN_CASES
 BY_NAME: dict[str, Case] = {case.name: case for case in CASES}
 
-# The small shapes (MNIST-sized layers): cheap enough for smoke runs and CI.
-SMALL = ("S1", "S2", "S3", "P1", "T1", "T2")
+PHASES = ("forward", "backward")  # the timed phases of a convolution or max-pool case
+STEP = "step"  # the one timed phase of a training-step case
+
+
+def phases(case: Case) -> tuple[str, ...]:
+    """The timed phases of ``case``: :data:`PHASES` for a kernel, ``(STEP,)`` for a training step."""
+    return (STEP,) if isinstance(case, TrainCase) else PHASES
 
 
 def select(names: str | None) -> list[Case]:

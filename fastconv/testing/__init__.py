@@ -1,11 +1,70 @@
-"""Tools to test code that uses fastconv, and fastconv backends themselves.
+"""Tools to test code that uses fastconv, and fastconv backends themselves (like ``cupy.testing``).
 
 * :func:`gradcheck`: analytic gradients of a network, layer or function against central differences;
+* :func:`check_backend`: a backend, built-in or your own, against the contract of :mod:`fastconv.backends`;
 * :mod:`fastconv.testing.reference`: float64 direct-loop references of every kernel (no fastconv code).
+
+Testing your own backend
+------------------------
+Call :func:`check_backend` from your test suite; it raises an AssertionError when anything fails::
+
+    import fastconv.testing
+    import my_backend
+
+    def test_my_backend():
+        fastconv.testing.check_backend(my_backend)
+
+``check_backend(backend, *, dtypes=("float32", "float64"), seed=0, cases=None, kernels=None,
+tolerances=None) -> BackendReport`` takes a backend object (usually a module) or a registered name.
+It runs the six kernels on every :class:`Case` of :data:`CASES` (non-square inputs and kernels,
+different stride/pad/dilation per axis, border windows that read only padding, window = input, a batch
+of 1, many channels, ...) with fresh random data from ``seed``, moving arrays with the backend's
+``to_device``/``to_host``, and checks:
+
+* values against :mod:`fastconv.testing.reference`: max|got - want| <= tol * max(1, max|want|) with
+  tol from :data:`TOLERANCES` (float32 1e-5, float64 1e-12; override with ``tolerances=``); im2col and
+  the max-pool forward must be exact; col2im must be the adjoint of the backend's im2col;
+* shapes and dtypes of every result (argmax int32); ``conv2d_backward(..., need_dx=False)`` gives dx None;
+* max pooling: argmax is the first maximum in row-major window order, ties included, padding is -inf
+  and NaN is the maximum; an argmax outside [0, kh*kw) (-1 and kh*kw) raises ValueError;
+* every call: inputs unchanged, results fresh arrays of the backend (no view of an input, no buffer
+  shared between calls), and two calls with the same inputs give identical bits.
+
+On failure :class:`BackendCheckError` (an AssertionError) lists every failed check with its kernel,
+case (shapes, stride, pad, dilation), dtype and largest error; its ``failures`` are :class:`Failure`
+objects. On success it returns a :class:`BackendReport` (number of checks, max error per kernel and
+dtype; ``print(report)`` for a table). For one pytest item per case::
+
+    @pytest.mark.parametrize("case", fastconv.testing.CASES, ids=lambda c: c.name)
+    def test_my_backend_case(case):
+        fastconv.testing.check_backend(my_backend, cases=[case])
+
+Your own cases are ``Case(name, x_shape, filters, kernel, stride, pad, dilation)``.
 """
 
 from __future__ import annotations
 
+from fastconv.testing._backend_check import (
+    CASES,
+    TOLERANCES,
+    BackendCheckError,
+    BackendReport,
+    Case,
+    Failure,
+    check_backend,
+)
 from fastconv.testing._gradcheck import GradcheckError, GradcheckResult, gradcheck, numerical_gradient
 
-__all__ = ["GradcheckError", "GradcheckResult", "gradcheck", "numerical_gradient"]
+__all__ = [
+    "CASES",
+    "TOLERANCES",
+    "BackendCheckError",
+    "BackendReport",
+    "Case",
+    "Failure",
+    "GradcheckError",
+    "GradcheckResult",
+    "check_backend",
+    "gradcheck",
+    "numerical_gradient",
+]

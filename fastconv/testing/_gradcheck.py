@@ -28,28 +28,16 @@ from typing import Any
 
 import numpy as np
 
+from fastconv._arrays import array_module, to_host
+
 __all__ = ["GradcheckError", "GradcheckResult", "gradcheck", "numerical_gradient"]
 
 _LAYER_PARAMS = (("W", "dW"), ("b", "db"), ("gamma", "dgamma"), ("beta", "dbeta"))
 _MACHINE_EPS = float(np.finfo(np.float64).eps)
 
 
-def _xp(a: Any) -> Any:
-    if type(a).__module__.split(".")[0] == "cupy":
-        import cupy
-
-        return cupy
-    return np
-
-
-def _host(a: Any) -> np.ndarray:
-    if type(a).__module__.split(".")[0] == "cupy":
-        return a.get()
-    return np.asarray(a)
-
-
 def _scalar(v: Any) -> float:
-    return float(_host(v)) if hasattr(v, "shape") else float(v)
+    return float(to_host(v)) if hasattr(v, "shape") else float(v)
 
 
 @dataclass
@@ -130,11 +118,11 @@ def _compare(
     rtol: float,
     atol: float,
 ) -> None:
-    a = _host(analytic).astype(np.float64).reshape(-1)[idx]
+    a = to_host(analytic).astype(np.float64).reshape(-1)[idx]
     n = numeric.reshape(-1)[idx]
-    if _host(analytic).shape != numeric.shape:
+    if to_host(analytic).shape != numeric.shape:
         raise ValueError(
-            f"analytic gradient of {name} has shape {_host(analytic).shape}, expected {numeric.shape}"
+            f"analytic gradient of {name} has shape {to_host(analytic).shape}, expected {numeric.shape}"
         )
     atol_eff = atol + 10 * _MACHINE_EPS * max(1.0, abs(f0)) / eps
     diff = np.abs(a - n)
@@ -145,7 +133,7 @@ def _compare(
 
 
 def _as_f64(a: Any) -> Any:
-    return _xp(a).array(a, dtype=np.float64, copy=True)
+    return array_module(a).array(a, dtype=np.float64, copy=True)
 
 
 def gradcheck(
@@ -217,7 +205,7 @@ def _check_network(
         raise TypeError(f"gradcheck needs a float64 network (build it with dtype=np.float64); got {bad}")
     x = _as_f64(x)
     grads = net.gradient(x, t)
-    grads = {k: _host(g).copy() for k, g in grads.items()}
+    grads = {k: to_host(g).copy() for k, g in grads.items()}
     f0 = _scalar(net.loss(x, t))
     for key, p in net.params.items():
         if key not in grads:
@@ -256,7 +244,7 @@ def _check_layer(
             dx = layer.backward(1)
         else:
             y = layer.forward(x)
-            xp = _xp(y)
+            xp = array_module(y)
             dout = xp.asarray(rng.standard_normal(tuple(y.shape)))
 
             def f() -> Any:
@@ -264,9 +252,9 @@ def _check_layer(
 
             f0 = _scalar((y * dout).sum())
             dx = layer.backward(dout)
-        analytic = {"x": _host(dx).copy()}
+        analytic = {"x": to_host(dx).copy()}
         for p, g in names:
-            analytic[p] = _host(getattr(layer, g)).copy()
+            analytic[p] = to_host(getattr(layer, g)).copy()
         for name, arr in [("x", x)] + [(p, getattr(layer, p)) for p, _ in names]:
             idx = _indices(arr.size, max_elements, rng)
             num = numerical_gradient(f, arr, eps, idx)
@@ -289,7 +277,7 @@ def _check_function(
 ) -> None:
     args = [_as_f64(a) if hasattr(a, "dtype") and np.issubdtype(a.dtype, np.floating) else a for a in inputs]
     y = fn(*args)
-    xp = _xp(y)
+    xp = array_module(y)
     dout = xp.asarray(rng.standard_normal(tuple(getattr(y, "shape", ()))))
     grads = analytic(dout, *args)
     if not isinstance(grads, (tuple, list)):

@@ -1,6 +1,10 @@
 """Independent float64 references: direct loops and the classic (book) algorithm.
 
-Nothing here imports fastconv; the tests compare every backend against these.
+Nothing here imports fastconv; the tests and :func:`fastconv.testing.check_backend` compare every
+backend against these. Direct loops with (h, w) pairs for stride, pad and dilation: :func:`conv2d`,
+:func:`conv2d_backward`, :func:`im2col_direct`, :func:`col2im_direct`, :func:`max_pool2d`,
+:func:`max_pool2d_backward`. The book's algorithm (int stride and pad, no dilation): :func:`im2col`,
+:func:`col2im`, :class:`BookConvolution`, :class:`BookPooling`.
 """
 
 from __future__ import annotations
@@ -56,6 +60,61 @@ def conv2d_backward(dout, x, W, stride=(1, 1), pad=(0, 0), dilation=(1, 1)):
                     dW[:, :, i, j] += g.T @ xp[:, :, r, q]
                     dxp[:, :, r, q] += g @ W[:, :, i, j]
     return dxp[:, :, ph : ph + h, pw : pw + w], dW, dout.sum(axis=(0, 2, 3))
+
+
+def im2col_direct(
+    x: np.ndarray,
+    kh: int,
+    kw: int,
+    stride: tuple[int, int] = (1, 1),
+    pad: tuple[int, int] = (0, 0),
+    dilation: tuple[int, int] = (1, 1),
+) -> np.ndarray:
+    """x: (N, C, H, W) -> col: (N*OH*OW, C*kh*kw) in float64, by a direct loop over output positions and taps.
+
+    col[(n*OH + oh)*OW + ow, (c*kh + i)*kw + j] = xpad[n, c, oh*sh + i*dh, ow*sw + j*dw] (zero padding);
+    the contract's formula, with (h, w) pairs for stride, pad and dilation.
+    """
+    x = np.asarray(x, np.float64)
+    n, c, h, w = x.shape
+    (sh, sw), (ph, pw), (dh, dw) = stride, pad, dilation
+    oh, ow = out_size(h, kh, sh, ph, dh), out_size(w, kw, sw, pw, dw)
+    xp = np.zeros((n, c, h + 2 * ph, w + 2 * pw))
+    xp[:, :, ph : ph + h, pw : pw + w] = x
+    col = np.zeros((n, oh, ow, c, kh, kw))
+    for a in range(oh):
+        for bb in range(ow):
+            for i in range(kh):
+                for j in range(kw):
+                    col[:, a, bb, :, i, j] = xp[:, :, a * sh + i * dh, bb * sw + j * dw]
+    return col.reshape(n * oh * ow, c * kh * kw)
+
+
+def col2im_direct(
+    col: np.ndarray,
+    x_shape: tuple[int, int, int, int],
+    kh: int,
+    kw: int,
+    stride: tuple[int, int] = (1, 1),
+    pad: tuple[int, int] = (0, 0),
+    dilation: tuple[int, int] = (1, 1),
+) -> np.ndarray:
+    """col: (N*OH*OW, C*kh*kw) -> dx: (N, C, H, W) in float64, the adjoint of :func:`im2col_direct`.
+
+    A direct loop over output positions and taps adding each column entry into the pixel it read;
+    entries that read padding are dropped.
+    """
+    n, c, h, w = x_shape
+    (sh, sw), (ph, pw), (dh, dw) = stride, pad, dilation
+    oh, ow = out_size(h, kh, sh, ph, dh), out_size(w, kw, sw, pw, dw)
+    col = np.asarray(col, np.float64).reshape(n, oh, ow, c, kh, kw)
+    dxp = np.zeros((n, c, h + 2 * ph, w + 2 * pw))
+    for a in range(oh):
+        for bb in range(ow):
+            for i in range(kh):
+                for j in range(kw):
+                    dxp[:, :, a * sh + i * dh, bb * sw + j * dw] += col[:, a, bb, :, i, j]
+    return dxp[:, :, ph : ph + h, pw : pw + w]
 
 
 def im2col(x, kh, kw, stride=1, pad=0):

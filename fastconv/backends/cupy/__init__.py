@@ -5,8 +5,10 @@
   with the CI checks that compile the sources without a GPU (``tests/cuda/check.py``);
 * ``*.cu``, ``fastconv_common.cuh``: the CUDA sources.
 
-Importing this package does not import CuPy; the first use of ``xp`` or of a kernel does. The
-registry calls :func:`probe` to learn whether the backend is usable here, and why not.
+Importing this package imports CuPy when it is installed (the registry imports the package only
+when the cupy backend is probed or used, never at ``import fastconv``); ``xp`` is None where CuPy
+cannot be imported. The registry calls :func:`probe` to learn whether the backend is usable here,
+and why not.
 See :mod:`fastconv.backends` for the contract.
 """
 
@@ -21,12 +23,12 @@ from fastconv.backends.cupy.ops import (
     col2im,
     conv2d_backward,
     conv2d_forward,
-    cupy_module,
     im2col,
     maxpool2d_backward,
     maxpool2d_forward,
     warmup,
 )
+from fastconv.backends.cupy.ops import cupy as xp
 
 __all__ = [
     "col2im",
@@ -50,21 +52,10 @@ _INSTALL = "pip install 'fastconv[cuda12]' (CUDA 12 driver) on a machine with an
 _ELSEWHERE = "use FASTCONV_BACKEND=numba or numpy on this machine"
 
 
-def __getattr__(attr: str) -> Any:
-    # ``xp`` is the cupy module, imported on first use; None when CuPy cannot be imported, so that the
-    # registry's contract check passes and probe() can say why the backend is unusable.
-    if attr == "xp":
-        try:
-            return cupy_module()
-        except Exception:  # noqa: BLE001 - a broken CuPy install is reported by probe()
-            return None
-    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
-
-
 def probe() -> str | None:
     """None when CuPy imports and sees a CUDA device; otherwise a one-line reason with the fix."""
     try:
-        cupy = cupy_module()
+        import cupy
     except ImportError as exc:
         return f"CuPy is not installed ({exc}); {_INSTALL}"
     except Exception as exc:  # noqa: BLE001 - a broken install must become a reason
@@ -108,18 +99,18 @@ def owns(array: object) -> bool:
 
 def to_device(array: np.ndarray) -> Any:
     """Copy a NumPy array to the current CUDA device (cupy.ndarray of the same dtype and shape)."""
-    return cupy_module().asarray(array)
+    return xp.asarray(array)
 
 
 def to_host(array: Any) -> np.ndarray:
     """Copy a cupy.ndarray back to a NumPy array (synchronises with the current stream)."""
-    return cupy_module().asnumpy(array)
+    return xp.asnumpy(array)
 
 
 def info() -> dict[str, str]:
     """CuPy, CUDA runtime/driver and NVRTC versions and the visible devices, for ``fastconv info``."""
     try:
-        cupy = cupy_module()
+        import cupy
     except Exception as exc:  # noqa: BLE001
         return {"cupy": f"not importable ({type(exc).__name__}: {exc})"}
     out = {"cupy": cupy.__version__}

@@ -5,31 +5,29 @@ and compiled with NVRTC through ``cupy.RawModule`` once per process and device (
 makes later processes start fast). col2im and the max-pool backward are gathers (one thread per input
 pixel), so every result is deterministic run to run. Every launch goes to CuPy's current stream.
 
-CuPy is imported on first use (:func:`cupy_module`), not with this module: the kernel table must load
-without CuPy, for the CI checks that compile the sources with NVRTC and g++ on machines without a GPU.
+``cupy`` is None where CuPy cannot be imported: the module still loads (the package's ``probe``
+says why the backend is unusable, and the kernel table stays usable for the CI checks that compile
+the sources with NVRTC and g++ on machines without a GPU).
 """
 
 from __future__ import annotations
 
-import sys
 from functools import cache
 from typing import Any
 
 import numpy as np
 
+from fastconv._arrays import is_cupy
 from fastconv._shapes import Pair, bad_argmax_error, conv_output_size
 from fastconv.backends.cupy import kernels as _cu
 
-name = "cupy"
+try:
+    import cupy
+except Exception:  # not installed, or a broken install: probe() reports which  # noqa: BLE001
+    cupy = None
 
 _BLOCK = 256
 _MAX_BLOCKS = 65535 * 4  # the grid-stride loop covers the rest; enough blocks to fill any current GPU
-
-
-def cupy_module() -> Any:
-    import cupy
-
-    return cupy
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -40,7 +38,6 @@ def cupy_module() -> Any:
 @cache
 def _module(file: str, device: int) -> Any:
     """cupy.RawModule of one .cu file with all its instantiations, compiled once per device."""
-    cupy = cupy_module()
     return cupy.RawModule(
         code=_cu.source(file), options=_cu.NVRTC_OPTIONS, name_expressions=_cu.name_expressions(file)
     )
@@ -56,7 +53,6 @@ def _launch(kernel: str, dtype: np.dtype, launch: _cu.Launch, arrays: tuple[Any,
     """Launch ``kernel`` on the current stream over ``launch.total`` elements (asynchronous)."""
     if launch.total == 0:
         return
-    cupy = cupy_module()
     scalar = np.int32 if launch.index == "int32" else np.int64
     k = _cu.KERNELS[kernel]
     params = k.params[len(arrays) :]
@@ -70,19 +66,19 @@ def _launch(kernel: str, dtype: np.dtype, launch: _cu.Launch, arrays: tuple[Any,
 
 def _require(arr: Any, arg: str, dtypes: tuple[str, ...] = tuple(_cu.ELEMENT_TYPES)) -> Any:
     """``arr`` as a C-contiguous cupy.ndarray (no copy when it already is one); TypeError otherwise."""
-    if not owns(arr):
+    if not is_cupy(arr):
         raise TypeError(
             f"{arg} is a {type(arr).__module__}.{type(arr).__name__}, but the cupy backend needs a "
             f"cupy.ndarray: move it with fastconv.to_device({arg}, backend='cupy'), or use the 'auto' backend"
         )
     if arr.dtype.name not in dtypes:
         raise TypeError(f"{arg} must have dtype {' or '.join(dtypes)}, got {arr.dtype}")
-    return arr if arr.flags.c_contiguous else cupy_module().ascontiguousarray(arr)
+    return arr if arr.flags.c_contiguous else cupy.ascontiguousarray(arr)
 
 
 def _im2col(x: Any, kh: int, kw: int, stride: Pair, pad: Pair, dilation: Pair, k_major: bool) -> Any:
     launch = _cu.im2col_args(tuple(x.shape), kh, kw, stride, pad, dilation, k_major)
-    col = cupy_module().empty(launch.out_shape, dtype=x.dtype)
+    col = cupy.empty(launch.out_shape, dtype=x.dtype)
     _launch("fc_im2col", x.dtype, launch, (x, col))
     return col
 
@@ -98,7 +94,7 @@ def _col2im(
     k_major: bool,
 ) -> Any:
     launch = _cu.col2im_args(tuple(x_shape), kh, kw, stride, pad, dilation, k_major)
-    dx = cupy_module().empty(launch.out_shape, dtype=col.dtype)
+    dx = cupy.empty(launch.out_shape, dtype=col.dtype)
     _launch("fc_col2im", col.dtype, launch, (col, dx))
     return dx
 
@@ -110,7 +106,7 @@ def _col2im(
 
 def warmup() -> None:
     """Compile every kernel instantiation on the current device ahead of time."""
-    device = cupy_module().cuda.runtime.getDevice()
+    device = cupy.cuda.runtime.getDevice()
     for kernel in _cu.KERNELS:
         for dtype in _cu.ELEMENT_TYPES:
             for index in _cu.INDEX_TYPES:
@@ -139,7 +135,6 @@ def conv2d_forward(x: Any, W: Any, b: Any | None, stride: Pair, pad: Pair, dilat
     """
     x = _require(x, "x")
     W = _require(W, "W")
-    cupy = cupy_module()
     n = x.shape[0]
     f, _, kh, kw = W.shape
     oh, ow = conv_output_size(tuple(x.shape[2:]), (kh, kw), stride, pad, dilation)
@@ -163,7 +158,6 @@ def conv2d_backward(
     dx = col2im(dcol), a gather.
     """
     dout, x, W = _require(dout, "dout"), _require(x, "x"), _require(W, "W")
-    cupy = cupy_module()
     n, f, oh, ow = dout.shape
     _, _, kh, kw = W.shape
     db = dout.sum(axis=(0, 2, 3))
@@ -181,7 +175,6 @@ def conv2d_backward(
 def maxpool2d_forward(x: Any, kh: int, kw: int, stride: Pair, pad: Pair, dilation: Pair) -> tuple[Any, Any]:
     """x: (N, C, H, W) -> y: (N, C, OH, OW) and argmax (N, C, OH, OW) int32 (first maximum, NaN wins)."""
     x = _require(x, "x")
-    cupy = cupy_module()
     launch = _cu.maxpool_fwd_args(tuple(x.shape), kh, kw, stride, pad, dilation)
     y = cupy.empty(launch.out_shape, dtype=x.dtype)
     argmax = cupy.empty(launch.out_shape, dtype=np.int32)
@@ -205,7 +198,6 @@ def maxpool2d_backward(
     """
     dout = _require(dout, "dout")
     argmax = _require(argmax, "argmax", dtypes=("int32",))
-    cupy = cupy_module()
     # The gather reads each window's argmax from every pixel the window covers; an out-of-range value
     # would match none of them and drop the gradient silently. One reduction (and a sync) refuses it.
     if bool(((argmax < 0) | (argmax >= kh * kw)).any()):

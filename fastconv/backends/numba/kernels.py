@@ -49,7 +49,7 @@ def im2col_planes(x, n0, col, wide, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n):
 
     col is (B, K, OH*OW) (per-image layout), or (K, B, OH*OW) when ``wide`` (one GEMM for all B
     images), K >= C*kh*kw (rows past C*kh*kw are left alone). Flat indices throughout: slicing
-    per output row cost more than the copy itself for short rows (S3: 11 elements).
+    per output row cost more than the copy itself for short rows.
     """
     b_n = col.shape[1] if wide else col.shape[0]
     k_n = col.shape[0] if wide else col.shape[1]
@@ -229,8 +229,8 @@ def maxpool_forward(x, y, am, kh, kw, sh, sw, ph, pw, dh, dw, nan_aware):  # pra
                 yr[ow], ar[ow] = _window_max(xp, h0, ow * sw - pw, kh, kw, dh, dw, ninf)
             if b <= a:
                 continue
-            # windows a..b lie inside x and x holds no NaN: plain compares, written out (numba loaded
-            # an unrolled-by-inlining version of this loop from its cache as 2x slower code)
+            # windows a..b lie inside x and x holds no NaN: plain compares, written out (an
+            # unrolled-by-inlining version of this loop came back from numba's cache as slower code)
             r0 = xp[h0]
             r1 = xp[h0 + 1]
             if k22:

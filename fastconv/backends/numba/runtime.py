@@ -17,13 +17,12 @@ read when the kernels are defined (the cache directory) or first run (the thread
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import sys
 import tempfile
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,25 +32,6 @@ _config.prepare_numba_threading()  # before numba reads its configuration
 _USER_CHOSE_LAYER = _config.user_chose_numba_layer()
 
 import numba  # noqa: E402
-
-
-def _preload_pip_tbb() -> None:
-    """Load pip's ``libtbb.so.12`` by its full path, so that numba's tbb layer finds it.
-
-    The ``tbb`` wheel puts the library in ``<prefix>/lib``, which is not on the loader's path in a
-    virtual environment: numba would report the layer as missing. A library already loaded under
-    the same soname satisfies numba's own load of it.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    for prefix in dict.fromkeys((sys.prefix, sys.base_prefix)):
-        path = os.path.join(prefix, "lib", "libtbb.so.12")
-        if os.path.exists(path):
-            try:
-                ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
-            except OSError:  # a broken install: numba falls back to workqueue
-                pass
-            return
 
 
 def _pool_started() -> bool:
@@ -96,7 +76,6 @@ def _choose_cache_dir() -> str:
 CACHE_DIR = _choose_cache_dir()
 
 if not _USER_CHOSE_LAYER and not _pool_started():
-    _preload_pip_tbb()
     numba.config.THREADING_LAYER = "default"  # the first of the priority list that loads
     numba.config.THREADING_LAYER_PRIORITY = list(_config.NUMBA_LAYER_PRIORITY)
 
@@ -150,16 +129,18 @@ def check_threading_layer() -> None:
         _layer_checked = True
 
 
-def set_numba_threads(n: int) -> None:
-    """numba's thread count for this Python thread (numba keeps it per thread); at most
-    ``NUMBA_NUM_THREADS``, the size of numba's pool, fixed when the pool starts."""
+def set_numba_threads(n: int) -> Callable[[], None]:
+    """Set numba's thread count for this Python thread (numba keeps it per thread) and return what
+    restores the previous count; at most ``NUMBA_NUM_THREADS``, the size of numba's pool."""
     limit = numba.config.NUMBA_NUM_THREADS
     if n > limit:
         raise ValueError(
             f"threads must be at most NUMBA_NUM_THREADS={limit} (numba's pool size), got {n}; "
             f"set NUMBA_NUM_THREADS={n} before starting Python"
         )
+    before = numba.get_num_threads()
     numba.set_num_threads(int(n))
+    return lambda: numba.set_num_threads(before)
 
 
 class _SingleThreadedBlas:
