@@ -33,6 +33,8 @@ def info(argv: Sequence[str]) -> int:
     print(f"platform {platform.platform()}  cpus {os.cpu_count()}")
     env = os.environ.get(_registry.ENV_VAR)
     print(f"{_registry.ENV_VAR}={env!r}" if env else f"{_registry.ENV_VAR} is unset (auto)")
+    settings = ", ".join(f"{k}={v!r}" for k, v in fastconv.get_config().items())
+    print(f"settings (fastconv.configure): {settings}")
     for name, status in fastconv.list_backends().items():
         if status["available"]:
             print(f"\n[{name}] available")

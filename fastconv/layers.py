@@ -5,6 +5,10 @@ the other layers are array-module agnostic (NumPy or CuPy arrays). Every layer r
 parameters (``self.W``, ``self.b``, ...) at call time and keeps no cached or cast copy, so an
 optimizer that updates them in place, a numerical gradient that perturbs them element by element,
 or a ``load_params`` that rebinds them is seen by the next call.
+
+Softmax and the cross-entropy live in :mod:`fastconv.losses`; ``softmax`` and ``cross_entropy_error``
+are importable from here too, as from the book's ``common/functions.py``. Calling a layer's
+``backward`` before its ``forward`` raises a ValueError naming the layer.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ from typing import Any
 import numpy as np
 
 from fastconv import functional as F
+from fastconv._arrays import array_module
 from fastconv._shapes import IntOrPair
+from fastconv.losses import cross_entropy_error, softmax, softmax_cross_entropy_backward
 
 __all__ = [
     "Affine",
@@ -32,36 +38,21 @@ __all__ = [
 ]
 
 
-def _xp(a: Any) -> Any:
-    """The array module of ``a`` (cupy for CuPy arrays, else numpy), without importing cupy otherwise."""
-    if type(a).__module__.split(".")[0] == "cupy":
-        import cupy
+def require_forward(layer: Any, saved: Any, call: str = "forward(x)") -> Any:
+    """What ``layer.forward`` saved for ``backward`` (``saved``), or a ValueError naming the layer when
+    ``backward`` comes before any ``forward`` (nothing saved: ``saved`` is None).
 
-        return cupy
-    return np
-
-
-def softmax(x: Any) -> Any:
-    """Row-wise softmax over the last axis, shifted by the row maximum for stability."""
-    xp = _xp(x)
-    z = x - x.max(axis=-1, keepdims=True)
-    e = xp.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def cross_entropy_error(y: Any, t: Any) -> Any:
-    """Mean cross-entropy of probabilities y (N, K) against labels t (indices (N,) or one-hot (N, K)).
-
-    Adds 1e-7 inside the log, as the book does, so losses match it.
+    ``call`` is the forward call to name in the message, e.g. ``"forward(x, t)"``. Every layer's
+    ``backward`` (the book's here, the Keras-style ones in :mod:`fastconv.train.keras`) checks with it.
     """
-    xp = _xp(y)
-    if y.ndim == 1:
-        y = y.reshape(1, y.size)
-        t = t.reshape(1, t.size)
-    if t.size == y.size:
-        t = t.argmax(axis=1)
-    n = y.shape[0]
-    return -xp.sum(xp.log(y[xp.arange(n), t] + 1e-7)) / n
+    if saved is None:
+        name = getattr(layer, "name", None)
+        label = f"{name!r} ({type(layer).__name__})" if isinstance(name, str) else type(layer).__name__
+        raise ValueError(
+            f"{label}: backward() was called before forward(): backward needs what forward saves; "
+            f"call {call} first"
+        )
+    return saved
 
 
 class Relu:
@@ -77,8 +68,9 @@ class Relu:
         return out
 
     def backward(self, dout: Any) -> Any:
+        mask = require_forward(self, self.mask)
         dx = dout.copy()
-        dx[self.mask] = 0
+        dx[mask] = 0
         return dx
 
 
@@ -89,12 +81,13 @@ class Sigmoid:
         self.out = None
 
     def forward(self, x: Any) -> Any:
-        xp = _xp(x)
+        xp = array_module(x)
         self.out = 1 / (1 + xp.exp(-x))
         return self.out
 
     def backward(self, dout: Any) -> Any:
-        return dout * (1.0 - self.out) * self.out
+        out = require_forward(self, self.out)
+        return dout * (1.0 - out) * out
 
 
 class Affine:
@@ -120,8 +113,9 @@ class Affine:
         return x @ self.W + self.b
 
     def backward(self, dout: Any) -> Any:
+        x = require_forward(self, self.x)
         dx = dout @ self.W.T
-        self.dW = self.x.T @ dout
+        self.dW = x.T @ dout
         self.db = dout.sum(axis=0)
         return dx.reshape(*self.original_x_shape)
 
@@ -141,14 +135,9 @@ class SoftmaxWithLoss:
         return self.loss
 
     def backward(self, dout: Any = 1) -> Any:
-        xp = _xp(self.y)
-        n = self.t.shape[0]
-        if self.t.size == self.y.size:
-            dx = (self.y - self.t) / n
-        else:
-            dx = self.y.copy()
-            dx[xp.arange(n), self.t] -= 1
-            dx = dx / n
+        """Gradient with respect to the scores x of ``forward(x, t)``: ``(softmax(x) - t) / N``, times dout."""
+        y = require_forward(self, self.y, "forward(x, t)")
+        dx = softmax_cross_entropy_backward(y, self.t)
         return dx * dout if not (isinstance(dout, numbers.Number) and dout == 1) else dx
 
 
@@ -169,7 +158,7 @@ class Dropout:
     def forward(self, x: Any, train_flg: bool = True) -> Any:
         if not train_flg:
             return x * (1.0 - self.dropout_ratio)
-        xp = _xp(x)
+        xp = array_module(x)
         if xp is np:
             draw = self.rng.random(x.shape) if self.rng is not None else np.random.rand(*x.shape)  # noqa: NPY002 (the book's global RNG)
         else:
@@ -178,7 +167,7 @@ class Dropout:
         return x * self.mask
 
     def backward(self, dout: Any) -> Any:
-        return dout * self.mask
+        return dout * require_forward(self, self.mask, "forward(x, train_flg=True)")
 
 
 class BatchNormalization:
@@ -215,7 +204,7 @@ class BatchNormalization:
     def forward(self, x: Any, train_flg: bool = True) -> Any:
         self.input_shape = x.shape
         x2 = self._to_2d(x)
-        xp = _xp(x2)
+        xp = array_module(x2)
         if self.running_mean is None:
             self.running_mean = xp.zeros(x2.shape[1], dtype=x2.dtype)
             self.running_var = xp.zeros(x2.shape[1], dtype=x2.dtype)
@@ -234,8 +223,9 @@ class BatchNormalization:
         return self._from_2d(self.gamma * xn + self.beta)
 
     def backward(self, dout: Any) -> Any:
+        require_forward(self, self.xn, "forward(x, train_flg=True)")
         d2 = self._to_2d(dout)
-        xp = _xp(d2)
+        xp = array_module(d2)
         self.dbeta = d2.sum(axis=0)
         self.dgamma = (self.xn * d2).sum(axis=0)
         dxn = self.gamma * d2
@@ -261,7 +251,7 @@ class BatchNorm2d(BatchNormalization):
 
     def _from_2d(self, a2: Any) -> Any:
         n, c, h, w = self.input_shape
-        xp = _xp(a2)
+        xp = array_module(a2)
         return xp.ascontiguousarray(a2.reshape(n, h, w, c).transpose(0, 3, 1, 2))
 
 
@@ -303,8 +293,9 @@ class Convolution:
         return F.conv2d(x, self.W, self.b, self.stride, self.pad, self.dilation, _layer_backend=self.backend)
 
     def backward(self, dout: Any) -> Any:
+        x = require_forward(self, self.x)
         dx, self.dW, db = F.conv2d_backward(
-            dout, self.x, self.W, self.stride, self.pad, self.dilation, _layer_backend=self.backend
+            dout, x, self.W, self.stride, self.pad, self.dilation, _layer_backend=self.backend
         )
         self.db = _bias_grad_like(self.b, db)
         return dx
@@ -343,9 +334,10 @@ class Pooling:
         return out
 
     def backward(self, dout: Any) -> Any:
+        arg_max = require_forward(self, self.arg_max)
         return F.max_pool2d_backward(
             dout,
-            self.arg_max,
+            arg_max,
             self.x_shape,
             (self.pool_h, self.pool_w),
             self.stride,

@@ -54,11 +54,12 @@ def test_configure_threads_in_a_with_block_restores_the_thread_counts_it_found()
             p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"
         ]
 
-    before = counts()
+    before, config = counts(), fastconv.get_config()
     with fastconv.configure(threads=1):
         assert counts()[0] == 1 and set(counts()[1]) == {1}
+        assert fastconv.get_config()["threads"] == 1
     assert counts() == before
-    assert fastconv.get_config()["threads"] is None
+    assert fastconv.get_config() == config
 
 
 def test_configure_takes_keywords_only():

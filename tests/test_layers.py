@@ -1,16 +1,17 @@
-"""The layers honour the book's ``common/layers.py`` API and drop into its networks."""
+"""The layers honour the book's ``common/layers.py`` API and drop into its networks; the losses of
+:mod:`fastconv.losses` and their gradients; every layer refuses ``backward`` before ``forward``."""
 
 from __future__ import annotations
 
 import gzip
+import re
 from collections import OrderedDict
 
 import numpy as np
 import pytest
-from fastconv.testing import reference as ref
-from conftest import MNIST_DIR
 
 import fastconv
+from fastconv import losses
 from fastconv.layers import (
     Affine,
     BatchNorm2d,
@@ -21,7 +22,12 @@ from fastconv.layers import (
     Relu,
     Sigmoid,
     SoftmaxWithLoss,
+    cross_entropy_error,
+    softmax,
 )
+from fastconv.testing import gradcheck
+from fastconv.testing import reference as ref
+from fastconv.train import keras
 
 
 def test_constructors_accept_the_books_arguments_positionally_and_by_keyword(rng):
@@ -252,10 +258,10 @@ class BookSimpleConvNet:
         return {k: numerical_grad(lambda: self.loss(x, t), self.params[k], eps=1e-4) for k in keys}
 
 
-def read_mnist(count: int):
-    with gzip.open(MNIST_DIR / "t10k-images-idx3-ubyte.gz") as f:
+def read_mnist(directory, count: int):
+    with gzip.open(directory / "t10k-images-idx3-ubyte.gz") as f:
         images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 1, 28, 28)[:count]
-    with gzip.open(MNIST_DIR / "t10k-labels-idx1-ubyte.gz") as f:
+    with gzip.open(directory / "t10k-labels-idx1-ubyte.gz") as f:
         labels = np.frombuffer(f.read(), np.uint8, offset=8)[:count]
     return images.astype(np.float32) / 255.0, labels.astype(np.int64)
 
@@ -273,8 +279,8 @@ def test_books_simple_conv_net_gradient_matches_its_numerical_gradient(rng, back
         np.testing.assert_allclose(grads[key], value, rtol=1e-4, atol=1e-7, err_msg=key)
 
 
-def test_books_simple_conv_net_trains_on_real_mnist(backend):
-    x, t = read_mnist(500)  # float32 images into float64 weights, as in the book
+def test_books_simple_conv_net_trains_on_real_mnist(backend, mnist_dir):
+    x, t = read_mnist(mnist_dir, 500)  # float32 images into float64 weights, as in the book
     with fastconv.use_backend(backend):
         net = BookSimpleConvNet(seed=1, weight_init_std=0.1)
         first = float(net.loss(x, t))
@@ -285,3 +291,133 @@ def test_books_simple_conv_net_trains_on_real_mnist(backend):
                 net.params[key] -= 0.3 * grads[key]
         last = float(net.loss(x, t))
     assert last < 0.5 * first, (first, last)
+
+
+# -- losses --------------------------------------------------------------------------------------------
+def test_softmax_and_cross_entropy_error_give_the_books_numbers(rng):
+    x = rng.standard_normal((5, 4)) * 3
+    t = rng.integers(0, 4, 5)
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    y = e / e.sum(axis=1, keepdims=True)
+    np.testing.assert_array_equal(softmax(x), y)
+    book = -np.sum(np.log(y[np.arange(5), t] + 1e-7)) / 5
+    assert cross_entropy_error(y, t) == book == cross_entropy_error(y, np.eye(4)[t])
+    assert cross_entropy_error(y[0], np.eye(4)[t[0]]) == -np.log(y[0, t[0]] + 1e-7)  # one sample, as the book
+    assert SoftmaxWithLoss().forward(x, t) == book
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_keras_cross_entropy_clips_probabilities_and_takes_labels_or_one_hot_rows(rng, sparse):
+    y = softmax(rng.standard_normal((6, 3)))
+    y[0] = [1.0, 0.0, 0.0]  # log(0) and log(1) are clipped to log(1e-7) and log(1 - 1e-7)
+    t = np.array([1, 0, 2, 2, 1, 0])
+    clipped = np.clip(y, 1e-7, 1 - 1e-7)
+    expected = -np.mean(np.log(clipped[np.arange(6), t]))
+    assert losses.cross_entropy(y, t if sparse else np.eye(3)[t]) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("target", ["labels", "one-hot", "soft"])
+def test_cross_entropy_gradients_match_central_differences(rng, target):
+    x = rng.standard_normal((4, 5))
+    labels = rng.integers(0, 5, 4)
+    t = {"labels": labels, "one-hot": np.eye(5)[labels], "soft": softmax(rng.standard_normal((4, 5)))}[target]
+
+    def keras_loss(y):
+        return losses.cross_entropy(y, t)
+
+    gradcheck(
+        keras_loss,
+        softmax(x),
+        analytic=lambda d, y: [d * losses.cross_entropy_backward(y, t)],
+        rtol=1e-6,
+    )
+    gradcheck(
+        lambda x: losses.cross_entropy(softmax(x), t),
+        x,
+        analytic=lambda d, x: [d * losses.softmax_cross_entropy_backward(softmax(x), t)],
+        rtol=1e-5,
+    )
+
+
+def test_softmax_and_mean_squared_error_gradients_match_central_differences(rng):
+    x, t = rng.standard_normal((3, 4)), rng.standard_normal((3, 4))
+    gradcheck(softmax, x, analytic=lambda d, x: [losses.softmax_backward(d, softmax(x))], rtol=1e-6)
+    gradcheck(
+        lambda y: losses.mean_squared_error(y, t),
+        x,
+        analytic=lambda d, y: [d * losses.mean_squared_error_backward(y, t)],
+        rtol=1e-6,
+    )
+
+
+# -- backward before forward ---------------------------------------------------------------------------
+def _built(layer, in_shape):
+    layer.build(in_shape, np.random.default_rng(0), np.dtype(np.float64), None)
+    return layer
+
+
+# (label in the message, the forward call it names, layer factory, dout shape)
+OUT_OF_ORDER = [
+    ("Relu", "forward(x)", lambda r: Relu(), (2, 3)),
+    ("Sigmoid", "forward(x)", lambda r: Sigmoid(), (2, 3)),
+    ("Affine", "forward(x)", lambda r: Affine(r.standard_normal((4, 3)), r.standard_normal(3)), (2, 3)),
+    (
+        "Convolution",
+        "forward(x)",
+        lambda r: Convolution(r.standard_normal((2, 1, 3, 3)), r.standard_normal(2)),
+        (2, 2, 3, 3),
+    ),
+    ("Pooling", "forward(x)", lambda r: Pooling(2, 2), (2, 1, 2, 2)),
+    (
+        "BatchNormalization",
+        "forward(x, train_flg=True)",
+        lambda r: BatchNormalization(r.standard_normal(3) + 1, r.standard_normal(3)),
+        (2, 3),
+    ),
+    (
+        "BatchNorm2d",
+        "forward(x, train_flg=True)",
+        lambda r: BatchNorm2d(r.standard_normal(2) + 1, r.standard_normal(2)),
+        (2, 2, 3, 3),
+    ),
+    ("Dropout", "forward(x, train_flg=True)", lambda r: Dropout(0.5), (2, 3)),
+    ("SoftmaxWithLoss", "forward(x, t)", lambda r: SoftmaxWithLoss(), (2, 3)),
+    (
+        "'c' (Conv2D)",
+        "forward(x, training)",
+        lambda r: _built(keras.Conv2D(2, 3, activation="relu", name="c"), (1, 5, 5)),
+        (2, 2, 3, 3),
+    ),
+    (
+        "'p' (MaxPooling2D)",
+        "forward(x, training)",
+        lambda r: _built(keras.MaxPooling2D(2, name="p"), (1, 4, 4)),
+        (2, 1, 2, 2),
+    ),
+    ("'f' (Flatten)", "forward(x, training)", lambda r: _built(keras.Flatten(name="f"), (1, 2, 2)), (2, 4)),
+    (
+        "'d' (Dense)",
+        "forward(x, training)",
+        lambda r: _built(keras.Dense(3, activation="softmax", name="d"), (4,)),
+        (2, 3),
+    ),
+    ("'r' (Dropout)", "forward(x, training)", lambda r: _built(keras.Dropout(0.5, name="r"), (4,)), (2, 4)),
+    (
+        "'a' (Activation)",
+        "forward(x, training)",
+        lambda r: _built(keras.Activation("sigmoid", name="a"), (4,)),
+        (2, 4),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "label, call, make, dout_shape",
+    OUT_OF_ORDER,
+    ids=[case[0] if "(" not in case[0] else "keras." + case[0].split("(")[1][:-1] for case in OUT_OF_ORDER],
+)
+def test_backward_before_forward_raises_an_error_naming_the_layer(rng, label, call, make, dout_shape):
+    layer = make(rng)
+    expected = f"{label}: backward() was called before forward(): backward needs what forward saves; call {call} first"
+    with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
+        layer.backward(rng.standard_normal(dout_shape))

@@ -264,7 +264,6 @@ def test_configure_threads_sets_numba_and_blas_threads_together():
     with fastconv.configure(threads=1):
         assert numba.get_num_threads() == 1
         assert all(p["num_threads"] == 1 for p in threadpool_info() if p["user_api"] == "blas")
-    fastconv.configure(threads=before)
     assert numba.get_num_threads() == before
 
 

@@ -7,13 +7,13 @@ import gzip
 import http.server
 import importlib.util
 import os
+import stat
 import threading
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import MNIST_DIR
 
 from fastconv.train.data import (
     DownloadError,
@@ -26,17 +26,12 @@ from fastconv.train.data import (
 )
 
 IMAGES, LABELS = "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"
-
-# The real MNIST test set beside the repository (conftest.MNIST_DIR). CI always has it, so there a missing
-# copy fails these tests instead of skipping them.
-needs_mnist = pytest.mark.skipif(
-    not (MNIST_DIR / f"{IMAGES}.gz").is_file() and not os.environ.get("CI"),
-    reason=f"the MNIST test set is not at {MNIST_DIR}",
-)
+# Tests of the real MNIST test set take conftest's ``mnist_dir`` fixture: a clone without it skips them
+# with the reason; CI always has it, so there a missing copy fails them.
 
 
-def _raw(name: str) -> bytes:
-    return gzip.decompress((MNIST_DIR / f"{name}.gz").read_bytes())
+def _raw(mnist_dir: Path, name: str) -> bytes:
+    return gzip.decompress((mnist_dir / f"{name}.gz").read_bytes())
 
 
 # -- to_categorical ---------------------------------------------------------------------------------
@@ -59,9 +54,8 @@ def test_to_categorical_honours_num_classes_and_refuses_labels_beyond_it():
 
 
 # -- MNIST from the real t10k files ---------------------------------------------------------------
-@needs_mnist
-def test_mnist_directory_with_only_t10k_splits_8000_and_2000_and_says_so():
-    ds = load_mnist_dataset(MNIST_DIR)
+def test_mnist_directory_with_only_t10k_splits_8000_and_2000_and_says_so(mnist_dir):
+    ds = load_mnist_dataset(mnist_dir)
     assert ds.x_train.shape == (8000, 1, 28, 28) and ds.x_test.shape == (2000, 1, 28, 28)
     assert ds.x_train.dtype == np.float32 and 0.0 <= ds.x_train.min() and ds.x_train.max() <= 1.0
     np.testing.assert_array_equal(ds.t_train[:10], [7, 2, 1, 0, 4, 1, 4, 9, 5, 9])
@@ -69,46 +63,42 @@ def test_mnist_directory_with_only_t10k_splits_8000_and_2000_and_says_so():
     np.testing.assert_array_equal(counts, [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009])
     assert "first 8,000" in ds.note and "last 2,000" in ds.note
     with pytest.warns(UserWarning, match="only the 10,000-image test set"):
-        load_mnist(data_dir=MNIST_DIR)
+        load_mnist(data_dir=mnist_dir)
 
 
-@needs_mnist
-def test_load_mnist_has_the_books_options():
+def test_load_mnist_has_the_books_options(mnist_dir):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        (x, t), (xt, tt) = load_mnist(normalize=False, flatten=True, one_hot_label=True, data_dir=MNIST_DIR)
+        (x, t), (xt, tt) = load_mnist(normalize=False, flatten=True, one_hot_label=True, data_dir=mnist_dir)
     assert x.shape == (8000, 784) and xt.shape == (2000, 784)
     assert x.max() == 255.0
     assert t.shape == (8000, 10) and tt.shape == (2000, 10)
     np.testing.assert_array_equal(t[:3].argmax(axis=1), [7, 2, 1])
 
 
-@needs_mnist
-def test_read_idx_reads_gzipped_and_raw_files_alike(tmp_path):
+def test_read_idx_reads_gzipped_and_raw_files_alike(mnist_dir, tmp_path):
     raw = tmp_path / LABELS
-    raw.write_bytes(_raw(LABELS))
-    np.testing.assert_array_equal(read_idx(raw), read_idx(MNIST_DIR / f"{LABELS}.gz"))
+    raw.write_bytes(_raw(mnist_dir, LABELS))
+    np.testing.assert_array_equal(read_idx(raw), read_idx(mnist_dir / f"{LABELS}.gz"))
 
 
-@needs_mnist
 @pytest.mark.parametrize("name", [IMAGES, LABELS])
-def test_truncated_file_is_refused_with_a_message_naming_it(tmp_path, name):
-    data = _raw(name)
+def test_truncated_file_is_refused_with_a_message_naming_it(mnist_dir, tmp_path, name):
+    data = _raw(mnist_dir, name)
     raw = tmp_path / name
     raw.write_bytes(data[: len(data) - 100])
     with pytest.raises(ValueError, match=f"{name}.*truncated"):
         read_idx(raw)
     gz = tmp_path / "cut" / f"{name}.gz"
     gz.parent.mkdir()
-    full = (MNIST_DIR / f"{name}.gz").read_bytes()
+    full = (mnist_dir / f"{name}.gz").read_bytes()
     gz.write_bytes(full[: len(full) // 2])
     with pytest.raises(ValueError, match="corrupt or truncated gzip"):
         read_idx(gz)
 
 
-@needs_mnist
-def test_wrong_magic_number_is_refused(tmp_path):
-    data = bytearray(_raw(IMAGES))
+def test_wrong_magic_number_is_refused(mnist_dir, tmp_path):
+    data = bytearray(_raw(mnist_dir, IMAGES))
     data[3] = 0x01  # 2049, the magic of a label file
     bad = tmp_path / IMAGES
     bad.write_bytes(bytes(data))
@@ -116,9 +106,8 @@ def test_wrong_magic_number_is_refused(tmp_path):
         read_idx(bad)
 
 
-@needs_mnist
-def test_corrupt_pixel_fails_the_checksum_unless_verification_is_off(tmp_path):
-    data = bytearray(_raw(IMAGES))
+def test_corrupt_pixel_fails_the_checksum_unless_verification_is_off(mnist_dir, tmp_path):
+    data = bytearray(_raw(mnist_dir, IMAGES))
     data[16 + 300] ^= 0xFF
     bad = tmp_path / f"{IMAGES}.gz"
     bad.write_bytes(gzip.compress(bytes(data), compresslevel=1))
@@ -156,22 +145,25 @@ def serve():
         server.server_close()
 
 
-@needs_mnist
-def test_download_fetches_verifies_and_loads_the_files(tmp_path, serve):
-    url = serve(MNIST_DIR)
+def test_download_fetches_verifies_and_loads_the_files(mnist_dir, tmp_path, serve):
+    url = serve(mnist_dir)
     cache = tmp_path / "cache"
-    paths = download_mnist(cache, [IMAGES, LABELS], base_url=url, verbose=False)
+    previous = os.umask(0o022)
+    try:
+        paths = download_mnist(cache, [IMAGES, LABELS], base_url=url, verbose=False)
+    finally:
+        os.umask(previous)
     assert sorted(p.name for p in cache.iterdir()) == [f"{IMAGES}.gz", f"{LABELS}.gz"]
+    assert {stat.S_IMODE(p.stat().st_mode) for p in paths} == {0o644}  # the umask's, like any download
     assert [p.name for p in paths] == [f"{IMAGES}.gz", f"{LABELS}.gz"]
     ds = load_mnist_dataset(cache)
     assert ds.x_test.shape == (2000, 1, 28, 28)
 
 
-@needs_mnist
-def test_download_with_a_checksum_mismatch_is_refused_and_leaves_nothing(tmp_path, serve):
+def test_download_with_a_checksum_mismatch_is_refused_and_leaves_nothing(mnist_dir, tmp_path, serve):
     mirror = tmp_path / "mirror"
     mirror.mkdir()
-    labels = bytearray(_raw(LABELS))
+    labels = bytearray(_raw(mnist_dir, LABELS))
     labels[8] = (labels[8] + 1) % 10  # still a valid IDX label file, but not the official one
     (mirror / f"{LABELS}.gz").write_bytes(gzip.compress(bytes(labels)))
     cache = tmp_path / "cache"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import fastconv
-from fastconv.train.gradcheck import GradcheckError, gradcheck
+from fastconv.testing import GradcheckError, gradcheck
 from fastconv.train.keras import Conv2D, Dense, Dropout, Flatten, MaxPooling2D, Sequential, mnist_cnn
 from fastconv.train.networks import SimpleConvNet
 
@@ -264,3 +264,20 @@ def test_an_interrupted_write_leaves_the_previous_file_whole(tmp_path):
         atomic_write(target, crash)
     assert target.read_bytes() == b"previous"
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.npz"]
+
+
+@pytest.mark.parametrize("loss", ["categorical_crossentropy", "sparse_categorical_crossentropy", "mse"])
+def test_sequential_trains_and_evaluates_with_the_same_loss(loss, rng):
+    from fastconv import losses
+
+    model = Sequential(
+        [Flatten(input_shape=(3, 3, 1)), Dense(4, activation="softmax")], dtype=np.float64, seed=0
+    )
+    model.compile("sgd", loss=loss)
+    x = rng.random((6, 3, 3, 1))
+    labels = rng.integers(0, 4, 6)
+    y = labels if loss.startswith("sparse") else np.eye(4)[labels]
+    train_loss, _, probs = model.loss_and_gradient(model._to_nchw(x), model._targets(y))
+    np.testing.assert_allclose(probs, model.predict(x), rtol=1e-12)
+    keras_loss = losses.mean_squared_error if loss == "mse" else losses.cross_entropy
+    assert train_loss == model.loss(x, y) == pytest.approx(float(keras_loss(probs, y)), rel=1e-12)

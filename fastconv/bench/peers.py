@@ -118,6 +118,7 @@ class TorchPeer(Peer):
         cuda = device.startswith("cuda")
         if cuda:
             torch.backends.cudnn.allow_tf32 = tf32  # convolutions
+            torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN's fastest algorithm, as users set it
             torch.set_float32_matmul_precision("high" if tf32 else "highest")  # matrix products
         super().__init__(
             name="torch" if device == "cpu" else f"torch-{device}",

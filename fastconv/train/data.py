@@ -4,7 +4,8 @@ MNIST (``load_mnist``) reads the four official files, gzipped or not, from a dir
 their IDX magic numbers, sizes and the md5 checksums of the official (decompressed) files, and fails
 with a message naming the file on a truncated or corrupt one. Missing files can be downloaded into a
 cache directory from a configurable mirror; a download is written to a temporary file in the target
-directory, verified, then renamed, so no partial or unverified file is ever left behind.
+directory, verified, then renamed, so no partial or unverified file is ever used (the temporary of a
+download killed midway is removed by the next download into that directory).
 
 A directory that holds only the 10,000-image test set (``t10k-*``) gives a train/test split of its
 first 8,000 and last 2,000 images, and says so.
@@ -19,7 +20,7 @@ import gzip
 import hashlib
 import importlib.util
 import os
-import tempfile
+import struct
 import urllib.error
 import urllib.request
 import warnings
@@ -30,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from fastconv.train._io import create_temporary, one_line, remove_stale_temporaries
 
 __all__ = [
     "MNIST_FILES",
@@ -109,9 +112,10 @@ def _read_bytes(path: Path) -> bytes:
     if raw[:2] == b"\x1f\x8b":
         try:
             return gzip.decompress(raw)
-        except (EOFError, OSError, zlib.error) as exc:
+        # gzip.BadGzipFile (a bad CRC, length or header) is an OSError
+        except (EOFError, OSError, zlib.error, struct.error, ValueError) as exc:
             raise ValueError(
-                f"{path}: corrupt or truncated gzip data ({exc}); delete it and download it again"
+                f"{path}: corrupt or truncated gzip data ({one_line(exc)}); delete it and download it again"
             ) from exc
     return raw
 
@@ -212,6 +216,7 @@ def download_mnist(
     if unknown:
         raise ValueError(f"names must be official MNIST file names {list(MNIST_FILES)}, got {unknown}")
     directory.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(directory, [name + ".gz" for name in MNIST_FILES])  # downloads killed midway
     out = []
     for name in names:
         existing = _find(directory, name)
@@ -222,8 +227,7 @@ def download_mnist(
         failures = []
         for mirror in _mirrors(base_url):
             url = mirror + name + ".gz"
-            fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".part")
-            tmp = Path(tmp_name)
+            fd, tmp = create_temporary(target, "part")
             try:
                 with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as resp:
                     if verbose:

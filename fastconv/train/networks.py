@@ -10,8 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from fastconv._arrays import to_host
 from fastconv._shapes import conv_output_size, pair
-from fastconv.train._io import check_arrays, host, load_npz, save_npz_atomic
+from fastconv.train._io import check_arrays, load_npz, save_npz_atomic
 
 __all__ = ["SimpleConvNet"]
 
@@ -146,12 +147,12 @@ class SimpleConvNet:
     def accuracy(self, x: Any, t: Any, batch_size: int = 100) -> float:
         """Fraction of correct predictions, in batches of ``batch_size`` (every sample counts, also the
         last partial batch, which the book drops)."""
-        t = host(t)
+        t = to_host(t)
         if t.ndim != 1:
             t = np.argmax(t, axis=1)
         correct = 0
         for i in range(0, x.shape[0], batch_size):
-            y = host(self.predict(x[i : i + batch_size]))
+            y = to_host(self.predict(x[i : i + batch_size]))
             correct += int(np.sum(np.argmax(y, axis=1) == t[i : i + batch_size]))
         return correct / x.shape[0]
 
@@ -177,7 +178,7 @@ class SimpleConvNet:
 
     def numerical_gradient(self, x: Any, t: Any) -> dict[str, np.ndarray]:
         """Gradients of :meth:`loss` by central differences (slow; for checks on small nets)."""
-        from fastconv.train.gradcheck import numerical_gradient
+        from fastconv.testing import numerical_gradient
 
         return {k: numerical_gradient(lambda: self.loss(x, t), p, 1e-4) for k, p in self.params.items()}
 
@@ -201,4 +202,4 @@ class SimpleConvNet:
 
     def first_layer_filters(self) -> np.ndarray:
         """``W1`` on the host, (F, C, k, k)."""
-        return host(self.params["W1"])
+        return to_host(self.params["W1"])

@@ -12,11 +12,12 @@ array's own module (NumPy or CuPy), so the same code runs on host and device arr
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from fastconv._arrays import array_module, to_host
 
 __all__ = [
     "OPTIMIZERS",
@@ -29,18 +30,6 @@ __all__ = [
     "RMSprop",
     "make_optimizer",
 ]
-
-
-def array_module(a: Any) -> Any:
-    """The array module of ``a``: ``cupy`` for CuPy arrays, else ``numpy`` (never imports CuPy itself)."""
-    if type(a).__module__.split(".")[0] == "cupy":
-        return sys.modules["cupy"]
-    return np
-
-
-def _to_host(a: Any) -> np.ndarray:
-    get = getattr(a, "get", None)  # cupy.ndarray.get() copies to the host
-    return np.array(get() if callable(get) and not isinstance(a, np.ndarray) else a, copy=True)
 
 
 def _like(host: np.ndarray, ref: Any) -> Any:
@@ -79,7 +68,7 @@ class Optimizer:
             buf = array_module(ref).zeros_like(ref)
             self.state[slot][key] = buf
         elif array_module(buf) is not array_module(ref) or buf.dtype != ref.dtype:
-            buf = _like(_to_host(buf), ref)  # state restored without params: place it like the parameter
+            buf = _like(to_host(buf), ref)  # state restored without params: place it like the parameter
             self.state[slot][key] = buf
         return buf
 
@@ -110,7 +99,9 @@ class Optimizer:
             "name": self.name,
             "iter": int(self.iter),
             "hyper": {h: float(getattr(self, h)) for h in self._hyper},
-            "slots": {slot: {k: _to_host(v) for k, v in bufs.items()} for slot, bufs in self.state.items()},
+            "slots": {
+                slot: {k: np.array(to_host(v)) for k, v in bufs.items()} for slot, bufs in self.state.items()
+            },
         }
 
     def load_state_dict(self, state: Mapping[str, Any], params: Mapping[str, Any] | None = None) -> None:

@@ -3,12 +3,17 @@
 Writes to ``--out``: ``history.csv``, ``curves.png``, ``predictions.png``, ``filters.png``, ``model.npz``
 and ``checkpoint.npz`` (parameters, optimizer state, RNG state, epoch and history; rewritten
 atomically after every epoch). ``--resume`` continues from the checkpoint and ends with the same
-parameters, bit for bit, as an uninterrupted run with the same seed.
+parameters, bit for bit, as an uninterrupted run with the same seed. Files follow the umask; a run
+first removes the temporaries that killed runs left in ``--out``. The epochs run in
+:func:`fastconv.train.loop.train`, as ``Sequential.fit`` does.
+
+Errors (bad options, missing or damaged files) are one line, ``fastconv train: error: ...``, exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import importlib.util
 import io
@@ -21,10 +26,21 @@ from typing import Any
 
 import numpy as np
 
-from fastconv.train._io import atomic_write, host, load_npz, save_npz_atomic
+from fastconv.train import loop
+from fastconv.train._io import (
+    atomic_write,
+    check_arrays,
+    load_npz,
+    one_line,
+    remove_stale_temporaries,
+    save_npz_atomic,
+)
 from fastconv.train.optimizers import OPTIMIZERS, make_optimizer
 
 CHECKPOINT = "checkpoint.npz"
+# Every file a run writes to --out; their temporaries left by killed runs are removed at the start.
+OUTPUTS = (CHECKPOINT, "model.npz", "history.csv", "curves.png", "predictions.png", "filters.png")
+EVAL_BATCH = 500
 FORMAT = "fastconv-train-checkpoint"
 # Learning rate of an optimizer chosen with --optimizer (the book's, except RMSprop/Adam at Keras' 1e-3);
 # the default optimizer of each model and data set has its own tuned rate in DEFAULTS.
@@ -110,8 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         metavar="N",
-        help="BLAS threads while training (default 0: the BLAS library's own choice; on a quiet 2-core machine "
-        "that was fastest. Try 1 when other jobs share the cores: threaded BLAS then slows down several times)",
+        help="CPU threads of numba and BLAS while training, as fastconv.configure(threads=N) (default 0: "
+        "leave them as they are). Fewer threads than cores helps when other jobs share the machine: "
+        "threaded BLAS waits for its slowest thread",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
@@ -136,11 +153,11 @@ def _config(args: argparse.Namespace, ds: Any) -> dict[str, Any]:
         "n_test": int(len(ds.x_test)),
     }
     if cfg["epochs"] < 1:
-        raise SystemExit(f"fastconv train: --epochs must be at least 1, got {cfg['epochs']}")
+        raise ValueError(f"--epochs must be at least 1, got {cfg['epochs']}")
     if cfg["batch_size"] < 1:
-        raise SystemExit(f"fastconv train: --batch-size must be at least 1, got {cfg['batch_size']}")
+        raise ValueError(f"--batch-size must be at least 1, got {cfg['batch_size']}")
     if not cfg["lr"] > 0:
-        raise SystemExit(f"fastconv train: --lr must be positive, got {cfg['lr']}")
+        raise ValueError(f"--lr must be positive, got {cfg['lr']}")
     return cfg
 
 
@@ -223,23 +240,74 @@ def save_checkpoint(
     save_npz_atomic(path, arrays)
 
 
+# The meta entry's keys and their JSON types.
+_META_TYPES = {
+    "format": str,
+    "version": int,
+    "epoch": int,
+    "config": dict,
+    "history": list,
+    "optimizer": dict,
+    "rng": dict,
+}
+
+
 def load_checkpoint(
-    path: Path,
+    path: str | Path,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:
-    """(meta, params, optimizer slots) from a checkpoint written by :func:`save_checkpoint`."""
+    """(meta, params, optimizer slots) from a checkpoint written by :func:`save_checkpoint`.
+
+    Raises FileNotFoundError, or a one-line ValueError naming the file when it is damaged or not a checkpoint.
+    """
+    path = Path(path)
     z = load_npz(path, "checkpoint")
-    if "meta" not in z:
-        raise ValueError(f"{path} is not a fastconv train checkpoint (no 'meta' entry)")
-    meta = json.loads(str(z["meta"]))
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a fastconv train checkpoint (format {meta.get('format')!r})")
+    if "meta" not in z or z["meta"].shape != () or z["meta"].dtype.kind != "U":
+        raise ValueError(f"{path} is not a fastconv train checkpoint (no 'meta' text entry)")
+    try:
+        meta = json.loads(str(z["meta"]))
+    except ValueError as exc:  # json.JSONDecodeError
+        raise ValueError(f"{path}: corrupt checkpoint (its meta entry: {one_line(exc)})") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ValueError(f"{path} is not a fastconv train checkpoint (format {got!r})")
+    bad = [k for k, kind in _META_TYPES.items() if not isinstance(meta.get(k), kind)]
+    if bad:
+        raise ValueError(
+            f"{path}: corrupt checkpoint (meta entries missing or of the wrong type: {', '.join(bad)})"
+        )
     params = {k[len("param/") :]: v for k, v in z.items() if k.startswith("param/")}
     slots: dict[str, dict[str, np.ndarray]] = {}
     for k, v in z.items():
         if k.startswith("opt/"):
-            _, slot, name = k.split("/", 2)
-            slots.setdefault(slot, {})[name] = v
+            parts = k.split("/", 2)
+            if len(parts) != 3:
+                raise ValueError(f"{path}: corrupt checkpoint (entry {k!r} names no optimizer slot)")
+            slots.setdefault(parts[1], {})[parts[2]] = v
     return meta, params, slots
+
+
+def _restore(
+    path: Path,
+    meta: dict[str, Any],
+    params: dict[str, np.ndarray],
+    slots: dict[str, dict[str, np.ndarray]],
+    model: Any,
+    optimizer: Any,
+    rng: np.random.Generator,
+) -> tuple[list[dict[str, float]], int]:
+    """Put a loaded checkpoint into the model, optimizer and RNG: (history, completed epochs)."""
+    check_arrays(path, params, {k: tuple(v.shape) for k, v in model.params.items()}, "checkpoint")
+    try:
+        history = [{k: row[k] for k in HISTORY_FIELDS} for row in meta["history"]]
+        epoch = int(meta["epoch"])
+        if not 0 <= epoch == len(history):
+            raise ValueError(f"epoch {epoch} with {len(history)} history rows")
+        optimizer.load_state_dict({**meta["optimizer"], "slots": slots}, model.params)
+        rng.bit_generator.state = meta["rng"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: corrupt checkpoint ({type(exc).__name__}: {one_line(exc)})") from exc
+    model.set_params(params)
+    return history, epoch
 
 
 def _write_history(path: Path, history: list[dict[str, float]]) -> None:
@@ -252,54 +320,20 @@ def _write_history(path: Path, history: list[dict[str, float]]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
-def _evaluate(
-    model: Any, x: np.ndarray, t: np.ndarray, to_dev: Any, batch: int = 500
-) -> tuple[float, float, Any]:
-    """(mean loss, accuracy, predicted labels) over (x, t), without dropout."""
-    total, correct, preds = 0.0, 0, []
-    for i in range(0, len(x), batch):
-        xb, tb = to_dev(x[i : i + batch]), t[i : i + batch]
-        loss, scores = model.evaluate_batch(xb, to_dev(tb))
-        p = host(scores).argmax(axis=1)
-        preds.append(p)
-        total += loss * len(tb)
-        correct += int((p == tb).sum())
-    return total / len(x), correct / len(x), np.concatenate(preds)
-
-
-def _progress(total: int, desc: str, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(
-        total=total,
-        desc=desc,
-        unit="batch",
-        leave=False,
-        file=sys.stderr,
-        dynamic_ncols=True,
-        mininterval=0.2,
-    )
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Train as the parsed ``args`` say; returns a summary dict (final accuracy, times, paths)."""
     import fastconv
     from fastconv.train.data import load_digits_dataset, load_mnist_dataset
 
     t_start = time.perf_counter()
-    if (
-        not args.no_plots and importlib.util.find_spec("matplotlib") is None
-    ):  # fail before training, not after
+    # Fail before training, not after.
+    if not args.no_plots and importlib.util.find_spec("matplotlib") is None:
         raise ModuleNotFoundError(
-            "the plots need matplotlib: pip install 'fastconv[examples]' (or pass --no-plots)"
+            "the plots need matplotlib: pip install 'fastconv[examples]' (or --no-plots)"
         )
     if args.dataset == "digits":
         if args.data is not None:
-            raise SystemExit("fastconv train: --data is for --dataset mnist")
+            raise ValueError("--data is for --dataset mnist")
         ds = load_digits_dataset()
     else:
         ds = load_mnist_dataset(args.data, download=True if args.download else None)
@@ -310,9 +344,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     x_test, t_test = ds.x_test.astype(dtype, copy=False), ds.t_test
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    stale = remove_stale_temporaries(out, OUTPUTS)
+    if stale:
+        print(f"removed {len(stale)} temporary file(s) that a killed run left in {out}", flush=True)
     ckpt_path = out / CHECKPOINT
 
-    with fastconv.use_backend(args.backend) if args.backend else _null():
+    with fastconv.use_backend(args.backend) if args.backend else contextlib.nullcontext():
         backend = fastconv.get_backend()
         rng = np.random.default_rng(cfg["seed"])
         model = build_model(cfg["model"], ds.input_shape, rng, dtype, backend)
@@ -322,25 +359,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         start_epoch = 0
         if args.resume:
             if not ckpt_path.is_file():
-                raise SystemExit(f"fastconv train: --resume: no checkpoint at {ckpt_path}")
+                raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
             meta, params, slots = load_checkpoint(ckpt_path)
             old = meta["config"]
             diff = {k: (old.get(k), cfg[k]) for k in RESUME_KEYS if old.get(k) != cfg[k]}
             if diff:
-                raise SystemExit(
-                    "fastconv train: --resume: the checkpoint was written with other settings: "
+                raise ValueError(
+                    "--resume: the checkpoint was written with other settings: "
                     + ", ".join(f"{k} {a!r} (now {b!r})" for k, (a, b) in diff.items())
                 )
-            from fastconv.train._io import check_arrays
-
-            check_arrays(
-                ckpt_path, params, {k: tuple(v.shape) for k, v in model.params.items()}, "checkpoint"
-            )
-            model.set_params(params)
-            optimizer.load_state_dict({**meta["optimizer"], "slots": slots}, model.params)
-            rng.bit_generator.state = meta["rng"]
-            history = meta["history"]
-            start_epoch = int(meta["epoch"])
+            history, start_epoch = _restore(ckpt_path, meta, params, slots, model, optimizer, rng)
             print(f"resuming from {ckpt_path} after epoch {start_epoch}", flush=True)
         elif ckpt_path.is_file():
             print(
@@ -351,9 +379,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         def to_dev(a: np.ndarray) -> Any:
             return fastconv.to_device(np.ascontiguousarray(a), backend)
 
-        n = len(x_train)
         bs = cfg["batch_size"]
-        steps = -(-n // bs)
         print(
             f"model {cfg['model']} ({sum(int(np.prod(p.shape)) for p in model.params.values()):,} parameters), "
             f"optimizer {optimizer!r}, batch {bs}, backend {backend}, {cfg['dtype']}",
@@ -363,42 +389,40 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(header)
         for row in history:
             print(_row(row))
-        for epoch in range(start_epoch, cfg["epochs"]):
-            t0 = time.perf_counter()
-            order = rng.permutation(n)
-            bar = _progress(steps, f"epoch {epoch + 1}/{cfg['epochs']}", not args.no_progress)
-            total, correct, seen = 0.0, 0, 0
-            for s in range(steps):
-                idx = order[s * bs : (s + 1) * bs]
-                tb = t_train[idx]
-                loss, grads, probs = model.loss_and_gradient(to_dev(x_train[idx]), to_dev(tb))
-                optimizer.update(model.params, grads)
-                seen += len(idx)
-                total += loss * len(idx)
-                correct += int((host(probs).argmax(axis=1) == tb).sum())
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{total / seen:.4f}", acc=f"{correct / seen:.4f}", refresh=False)
-            if bar is not None:
-                bar.close()
-            test_loss, test_acc, preds = _evaluate(model, x_test, t_test, to_dev)
+        preds = None
+        for result in loop.train(
+            model,
+            optimizer,
+            x_train,
+            t_train,
+            epochs=cfg["epochs"],
+            batch_size=bs,
+            rng=rng,
+            place=to_dev,
+            validation=(x_test, t_test),
+            validation_batch_size=EVAL_BATCH,
+            start_epoch=start_epoch,
+            progress=not args.no_progress,
+        ):
             row = {
-                "epoch": epoch + 1,
-                "train_loss": total / n,
-                "train_acc": correct / n,
-                "test_loss": test_loss,
-                "test_acc": test_acc,
-                "seconds": time.perf_counter() - t0,
+                "epoch": result.epoch,
+                "train_loss": result.loss,
+                "train_acc": result.accuracy,
+                "test_loss": result.val_loss,
+                "test_acc": result.val_accuracy,
+                "seconds": result.seconds,
             }
             history.append(row)
+            preds = result.val_predictions
             print(_row(row), flush=True)
-            save_checkpoint(ckpt_path, model, optimizer, rng, epoch + 1, history, cfg)
+            save_checkpoint(ckpt_path, model, optimizer, rng, result.epoch, history, cfg)
             _write_history(out / "history.csv", history)
 
         _write_history(out / "history.csv", history)
         model.save_params(out / "model.npz")
-        if start_epoch >= cfg["epochs"]:  # resumed a finished run: nothing trained, evaluate it again
-            _, test_acc, preds = _evaluate(model, x_test, t_test, to_dev)
+        if preds is None:  # resumed a finished run: nothing trained, evaluate it again
+            _, _, preds = loop.evaluate(model, x_test, t_test, EVAL_BATCH, place=to_dev)
+        test_acc = history[-1]["test_acc"]
     written = ["history.csv", "model.npz", CHECKPOINT]
     if not args.no_plots:
         from fastconv.train import plots
@@ -443,14 +467,6 @@ def _row(row: dict[str, float]) -> str:
     )
 
 
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
-
-
 def _backend_error() -> type[Exception]:
     from fastconv import BackendUnavailableError
 
@@ -458,26 +474,23 @@ def _backend_error() -> type[Exception]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``fastconv train``; returns the exit status."""
+    """Entry point of ``fastconv train``; returns the exit status (0, 2 for an error, 130 when interrupted)."""
     args = build_parser().parse_args(argv)
     try:
         if args.threads < 0:
-            raise ValueError(f"--threads must be 0 (the BLAS default) or more, got {args.threads}")
-        limits = None
+            raise ValueError(
+                f"--threads must be 0 (leave the thread counts alone) or more, got {args.threads}"
+            )
         if args.threads > 0:
-            try:
-                from threadpoolctl import threadpool_limits
-            except ImportError:  # a dependency of fastconv; without it the BLAS default stays
-                pass
-            else:
-                limits = threadpool_limits(limits=args.threads, user_api="blas")
-        try:
+            import fastconv
+
+            threads: Any = fastconv.configure(threads=args.threads)  # the previous setting comes back on exit
+        else:
+            threads = contextlib.nullcontext()
+        with threads:
             run(args)
-        finally:
-            if limits is not None:
-                limits.restore_original_limits()
     except (FileNotFoundError, ValueError, OSError, ModuleNotFoundError, _backend_error()) as exc:
-        print(f"fastconv train: error: {exc}", file=sys.stderr)
+        print(f"fastconv train: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\nfastconv train: interrupted; resume with --resume --out {args.out}", file=sys.stderr)
