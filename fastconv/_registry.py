@@ -171,7 +171,7 @@ def _validate_spec(spec: str, source: str) -> list[str]:
     if not names:
         raise ValueError(f"backend from {source} is empty; known backends: {', '.join(known_backends())}")
     if any(name != "auto" and name not in _entries for name in names):
-        _load_entry_points()  # scans every installed distribution (30-50 ms): only for names not yet known
+        _load_entry_points()  # scans every installed distribution (slow): only for names not yet known
     for name in names:
         if name != "auto" and name not in _entries:
             raise ValueError(
