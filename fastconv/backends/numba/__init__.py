@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from fastconv._config import blas_description, settings
+from fastconv.backends._host_arrays import owns, to_device, to_host
 from fastconv.backends.numba import runtime
 from fastconv.backends.numba.ops import (
     col2im,
@@ -50,18 +51,6 @@ __all__ = [
 
 name = "numba"
 xp = np
-
-
-def owns(array: object) -> bool:
-    return isinstance(array, np.ndarray)
-
-
-def to_device(array: np.ndarray) -> np.ndarray:
-    return np.asarray(array)
-
-
-def to_host(array: np.ndarray) -> np.ndarray:
-    return np.asarray(array)
 
 
 def info() -> dict[str, str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from fastconv._config import blas_description
+from fastconv.backends._host_arrays import owns, to_device, to_host
 from fastconv.backends.numpy.ops import (
     col2im,
     conv2d_backward,
@@ -35,18 +36,6 @@ __all__ = [
 
 name = "numpy"
 xp = np
-
-
-def owns(array: object) -> bool:
-    return isinstance(array, np.ndarray)
-
-
-def to_device(array: np.ndarray) -> np.ndarray:
-    return np.asarray(array)
-
-
-def to_host(array: np.ndarray) -> np.ndarray:
-    return np.asarray(array)
 
 
 def info() -> dict[str, str]:
