@@ -38,7 +38,7 @@ def mnist_dir() -> Path:
     if reason is not None:
         if os.environ.get("CI"):
             pytest.fail(f"CI must run the MNIST tests: {reason}")
-        pytest.skip(reason)
+        pytest.skip(reason)  # no MNIST files: a clone without ../shared
     return MNIST_DIR
 
 
