@@ -15,8 +15,8 @@ def inputs(rng: np.random.Generator, dtype: type) -> tuple[np.ndarray, ...]:
     W = rng.standard_normal((7, 5, 3, 3)).astype(dtype)
     b = rng.standard_normal(7).astype(dtype)
     dout = rng.standard_normal((6, 7, 13, 12)).astype(dtype)
-    xp = rng.standard_normal((6, 5, 12, 12)).astype(dtype)
-    return x, W, b, dout, xp
+    xpool = rng.standard_normal((6, 5, 12, 12)).astype(dtype)
+    return x, W, b, dout, xpool
 
 
 def calls(backend: str) -> dict[str, Callable[[], list[np.ndarray]]]:
@@ -24,8 +24,8 @@ def calls(backend: str) -> dict[str, Callable[[], list[np.ndarray]]]:
     rng = np.random.default_rng(0)
     out = {}
     for dtype in (np.float32, np.float64):
-        x, W, b, dout, xp = (fastconv.to_device(a, backend=backend) for a in inputs(rng, dtype))
-        y, am = fastconv.max_pool2d(xp, 2, backend=backend)
+        x, W, b, dout, xpool = (fastconv.to_device(a, backend=backend) for a in inputs(rng, dtype))
+        y, am = fastconv.max_pool2d(xpool, 2, backend=backend)
         g = fastconv.to_device(rng.standard_normal(y.shape).astype(dtype), backend=backend)
         y3, am3 = fastconv.max_pool2d(x, 3, 1, 1, backend=backend)
         col = fastconv.im2col(x, 3, 3, 1, 1, backend=backend)
@@ -37,9 +37,9 @@ def calls(backend: str) -> dict[str, Callable[[], list[np.ndarray]]]:
                 f"conv-backward-{d}": lambda x=x, W=W, g=dout: list(
                     fastconv.conv2d_backward(g, x, W, 1, 1, backend=backend)
                 ),
-                f"pool-{d}": lambda xp=xp: list(fastconv.max_pool2d(xp, 2, backend=backend)),
+                f"pool-{d}": lambda xpool=xpool: list(fastconv.max_pool2d(xpool, 2, backend=backend)),
                 f"pool-3x3-{d}": lambda x=x: list(fastconv.max_pool2d(x, 3, 1, 1, backend=backend)),
-                f"pool-backward-{d}": lambda g=g, am=am, s=xp.shape: [
+                f"pool-backward-{d}": lambda g=g, am=am, s=xpool.shape: [
                     fastconv.max_pool2d_backward(g, am, s, 2, backend=backend)
                 ],
                 f"pool-backward-3x3-{d}": lambda y=y3, am=am3, s=x.shape: [

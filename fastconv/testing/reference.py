@@ -24,14 +24,14 @@ def conv2d(x, W, b, stride=(1, 1), pad=(0, 0), dilation=(1, 1)):
     f, _, kh, kw = W.shape
     (sh, sw), (ph, pw), (dh, dw) = stride, pad, dilation
     oh, ow = out_size(h, kh, sh, ph, dh), out_size(w, kw, sw, pw, dw)
-    xp = np.zeros((n, c, h + 2 * ph, w + 2 * pw))
-    xp[:, :, ph : ph + h, pw : pw + w] = x
+    xpad = np.zeros((n, c, h + 2 * ph, w + 2 * pw))
+    xpad[:, :, ph : ph + h, pw : pw + w] = x
     y = np.zeros((n, f, oh, ow))
     for a in range(oh):
         for bb in range(ow):
             for i in range(kh):
                 for j in range(kw):
-                    patch = xp[:, :, a * sh + i * dh, bb * sw + j * dw]  # (n, c)
+                    patch = xpad[:, :, a * sh + i * dh, bb * sw + j * dw]  # (n, c)
                     y[:, :, a, bb] += patch @ W[:, :, i, j].T
     if b is not None:
         y += np.asarray(b, np.float64).reshape(1, f, 1, 1)
@@ -47,9 +47,9 @@ def conv2d_backward(dout, x, W, stride=(1, 1), pad=(0, 0), dilation=(1, 1)):
     f, _, kh, kw = W.shape
     (sh, sw), (ph, pw), (dh, dw) = stride, pad, dilation
     oh, ow = dout.shape[2:]
-    xp = np.zeros((n, c, h + 2 * ph, w + 2 * pw))
-    xp[:, :, ph : ph + h, pw : pw + w] = x
-    dxp = np.zeros_like(xp)
+    xpad = np.zeros((n, c, h + 2 * ph, w + 2 * pw))
+    xpad[:, :, ph : ph + h, pw : pw + w] = x
+    dxp = np.zeros_like(xpad)
     dW = np.zeros_like(W)
     for a in range(oh):
         for bb in range(ow):
@@ -57,7 +57,7 @@ def conv2d_backward(dout, x, W, stride=(1, 1), pad=(0, 0), dilation=(1, 1)):
             for i in range(kh):
                 for j in range(kw):
                     r, q = a * sh + i * dh, bb * sw + j * dw
-                    dW[:, :, i, j] += g.T @ xp[:, :, r, q]
+                    dW[:, :, i, j] += g.T @ xpad[:, :, r, q]
                     dxp[:, :, r, q] += g @ W[:, :, i, j]
     return dxp[:, :, ph : ph + h, pw : pw + w], dW, dout.sum(axis=(0, 2, 3))
 
@@ -79,14 +79,14 @@ def im2col_direct(
     n, c, h, w = x.shape
     (sh, sw), (ph, pw), (dh, dw) = stride, pad, dilation
     oh, ow = out_size(h, kh, sh, ph, dh), out_size(w, kw, sw, pw, dw)
-    xp = np.zeros((n, c, h + 2 * ph, w + 2 * pw))
-    xp[:, :, ph : ph + h, pw : pw + w] = x
+    xpad = np.zeros((n, c, h + 2 * ph, w + 2 * pw))
+    xpad[:, :, ph : ph + h, pw : pw + w] = x
     col = np.zeros((n, oh, ow, c, kh, kw))
     for a in range(oh):
         for bb in range(ow):
             for i in range(kh):
                 for j in range(kw):
-                    col[:, a, bb, :, i, j] = xp[:, :, a * sh + i * dh, bb * sw + j * dw]
+                    col[:, a, bb, :, i, j] = xpad[:, :, a * sh + i * dh, bb * sw + j * dw]
     return col.reshape(n * oh * ow, c * kh * kw)
 
 
@@ -147,13 +147,13 @@ def max_pool2d(x, k=(2, 2), stride=(2, 2), pad=(0, 0), dilation=(1, 1)):
     n, c, h, w = x.shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = k, stride, pad, dilation
     oh, ow = out_size(h, kh, sh, ph, dh), out_size(w, kw, sw, pw, dw)
-    xp = np.full((n, c, h + 2 * ph, w + 2 * pw), -np.inf)
-    xp[:, :, ph : ph + h, pw : pw + w] = x
+    xpad = np.full((n, c, h + 2 * ph, w + 2 * pw), -np.inf)
+    xpad[:, :, ph : ph + h, pw : pw + w] = x
     y = np.empty((n, c, oh, ow))
     arg = np.empty((n, c, oh, ow), np.int64)
     for a in range(oh):
         for bb in range(ow):
-            win = xp[
+            win = xpad[
                 :, :, a * sh : a * sh + dh * (kh - 1) + 1 : dh, bb * sw : bb * sw + dw * (kw - 1) + 1 : dw
             ]
             flat = win.reshape(n, c, kh * kw)

@@ -123,9 +123,9 @@ def col2im_planes(dcol, n0, dx, wide, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n
     for t in prange(b_n * c_n):
         b = t // c_n
         c = t % c_n
-        db = ((n0 + b) * c_n + c) * h_n * w_n
+        p0 = ((n0 + b) * c_n + c) * h_n * w_n  # start of plane (n0 + b, c) in dx
         for q in range(h_n * w_n):
-            df[db + q] = 0
+            df[p0 + q] = 0
         if p_c != p_n:
             # flat layout: dx[n0 + b, c, oh + i, w + j] += dcol[(c*kh + i)*kw + j, b, oh*W + w], one run per
             # tap; columns w >= OW hold W2d.T @ 0 = 0 (the caller zeroes dout there) and add nothing
@@ -134,7 +134,7 @@ def col2im_planes(dcol, n0, dx, wide, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n
                     r = (c * kh + i) * kw + j
                     cb = (r * b_n + b) * p_c if wide else (b * k_n + r) * p_c
                     m = min(p_c, h_n * w_n - i * w_n - j)
-                    dst = df[db + i * w_n + j : db + i * w_n + j + m]
+                    dst = df[p0 + i * w_n + j : p0 + i * w_n + j + m]
                     src = cf[cb : cb + m]
                     for q in range(m):
                         dst[q] += src[q]
@@ -154,7 +154,7 @@ def col2im_planes(dcol, n0, dx, wide, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n
                         continue
                     m = hi - lo
                     s0 = cb + oh * ow_n + lo
-                    d0 = db + h * w_n + lo * sw + w0
+                    d0 = p0 + h * w_n + lo * sw + w0
                     src = cf[s0 : s0 + m]
                     if sw == 1:  # slices from 0: no negative-index test, a vector add
                         dst = df[d0 : d0 + m]
@@ -172,17 +172,17 @@ def col2im_planes(dcol, n0, dx, wide, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n
 
 
 @njit(cache=True)
-def _window_max(xp, h0, w0, kh, kw, dh, dw, ninf):  # pragma: no cover - jitted
-    """Max and first argmax of the window at (h0, w0) of plane xp; -inf outside xp, first NaN wins."""
-    h_n, w_n = xp.shape
+def _window_max(plane, h0, w0, kh, kw, dh, dw, ninf):  # pragma: no cover - jitted
+    """Max and first argmax of the window at (h0, w0) of one (H, W) plane; -inf outside it, first NaN wins."""
+    h_n, w_n = plane.shape
     best = ninf
     bi = 0
     for i in range(kh):
         h = h0 + i * dh
         for j in range(kw):
-            # window element (i, j) = xp[h0 + i*dh, w0 + j*dw], or -inf in the padding
+            # window element (i, j) = plane[h0 + i*dh, w0 + j*dw], or -inf in the padding
             w = w0 + j * dw
-            v = xp[h, w] if (0 <= h < h_n and 0 <= w < w_n) else ninf
+            v = plane[h, w] if (0 <= h < h_n and 0 <= w < w_n) else ninf
             if i + j == 0:
                 best = v
             elif v > best or (v != v and best == best):
@@ -214,7 +214,7 @@ def maxpool_forward(x, y, am, kh, kw, sh, sw, ph, pw, dh, dw, nan_aware):  # pra
     for t in prange(n_n * c_n):
         n = t // c_n
         c = t % c_n
-        xp = x[n, c]
+        plane = x[n, c]
         yp = y[n, c]
         ap = am[n, c]
         for oh in range(oh_n):
@@ -224,15 +224,15 @@ def maxpool_forward(x, y, am, kh, kw, sh, sw, ph, pw, dh, dw, nan_aware):  # pra
             ar = ap[oh]
             a, b = (lo, hi) if hlo <= oh < hhi and (k22 or k33) else (0, 0)
             for ow in range(0, a):
-                yr[ow], ar[ow] = _window_max(xp, h0, ow * sw - pw, kh, kw, dh, dw, ninf)
+                yr[ow], ar[ow] = _window_max(plane, h0, ow * sw - pw, kh, kw, dh, dw, ninf)
             for ow in range(max(a, b), ow_n):
-                yr[ow], ar[ow] = _window_max(xp, h0, ow * sw - pw, kh, kw, dh, dw, ninf)
+                yr[ow], ar[ow] = _window_max(plane, h0, ow * sw - pw, kh, kw, dh, dw, ninf)
             if b <= a:
                 continue
             # windows a..b lie inside x and x holds no NaN: plain compares, written out (an
             # unrolled-by-inlining version of this loop came back from numba's cache as slower code)
-            r0 = xp[h0]
-            r1 = xp[h0 + 1]
+            r0 = plane[h0]
+            r1 = plane[h0 + 1]
             if k22:
                 for ow in range(a, b):
                     # window (i, j) = x[n, c, h0 + i, w0 + j], w0 = ow*sw - pw
@@ -251,7 +251,7 @@ def maxpool_forward(x, y, am, kh, kw, sh, sw, ph, pw, dh, dw, nan_aware):  # pra
                     yr[ow] = best
                     ar[ow] = bi
             else:
-                r2 = xp[h0 + 2]
+                r2 = plane[h0 + 2]
                 for ow in range(a, b):
                     # window (i, j) = x[n, c, h0 + i, w0 + j], w0 = ow*sw - pw
                     w0 = ow * sw - pw
@@ -320,12 +320,12 @@ def maxpool_backward(dout, argmax, dx, gbits, dbits, kh, kw, sh, sw, ph, pw, dh,
         ap = argmax[n, c]
         if tiles:
             gb = gbits[n, c]
-            db = dbits[n, c]
+            dxb = dbits[n, c]
             for oh in range(oh_n):
                 gr = gb[oh]
                 ar = ap[oh]
-                r0 = db[2 * oh]
-                r1 = db[2 * oh + 1]
+                r0 = dxb[2 * oh]
+                r1 = dxb[2 * oh + 1]
                 for ow in range(ow_n):
                     # dx[n, c, 2*oh + i, 2*ow + j] = dout[n, c, oh, ow] if argmax == 2*i + j else +0
                     k = ar[ow]
