@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from fastconv._arrays import is_cupy
-from fastconv.backends import BUILTIN, REQUIRED
+from fastconv.backends import BUILTIN, missing_attributes
 
 ENV_VAR = "FASTCONV_BACKEND"
 ENTRY_POINT_GROUP = "fastconv.backends"
@@ -83,7 +83,7 @@ def _load_entry_points() -> None:
 
 
 def _check_contract(name: str, backend: Any) -> None:
-    missing = [attr for attr in REQUIRED if not hasattr(backend, attr)]
+    missing = missing_attributes(backend)
     if missing:
         raise TypeError(
             f"backend {name!r} does not implement the fastconv backend contract: missing {', '.join(missing)} "

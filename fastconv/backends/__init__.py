@@ -128,6 +128,12 @@ KERNELS = (
 )
 REQUIRED = ("name", "xp", "owns", "to_device", "to_host", *KERNELS)
 
+
+def missing_attributes(backend: object) -> list[str]:
+    """The attributes of the contract (:data:`REQUIRED`) that ``backend`` lacks, in contract order."""
+    return [attr for attr in REQUIRED if not hasattr(backend, attr)]
+
+
 # Built-in backends, as lazy import strings (nothing is imported until a backend is used),
 # with the install hint given when one is unavailable.
 BUILTIN = {

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from fastconv.backends import KERNELS, REQUIRED
+from fastconv.backends import KERNELS, missing_attributes
 from fastconv.testing import reference as ref
 
 __all__ = ["CASES", "TOLERANCES", "BackendCheckError", "BackendReport", "Case", "Failure", "check_backend"]
@@ -563,7 +563,7 @@ def check_backend(
     if not case_list or not all(isinstance(cs, Case) for cs in case_list):
         raise ValueError("cases must be a non-empty iterable of fastconv.testing.Case")
 
-    missing = [attr for attr in REQUIRED if not hasattr(obj, attr)]
+    missing = missing_attributes(obj)
     if missing:
         failures = [Failure("contract", None, "", f"missing attribute {attr}") for attr in missing]
         lines = "\n  ".join(map(str, failures))

@@ -16,6 +16,14 @@ def out_size(size: int, k: int, s: int, p: int, d: int) -> int:
     return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
 
+def _padded(x, ph, pw, value):
+    """x (N, C, H, W) in float64 inside a border of ``value``: (N, C, H + 2*ph, W + 2*pw)."""
+    n, c, h, w = x.shape
+    xpad = np.full((n, c, h + 2 * ph, w + 2 * pw), value, dtype=np.float64)
+    xpad[:, :, ph : ph + h, pw : pw + w] = x
+    return xpad
+
+
 def conv2d(x, W, b, stride=(1, 1), pad=(0, 0), dilation=(1, 1)):
     """Direct loop over output positions and taps: y[n,f,oh,ow] = b[f] + sum W[f,c,i,j] xpad[n,c,oh*s+i*d,ow*s+j*d]."""
     x = np.asarray(x, np.float64)
@@ -24,8 +32,7 @@ def conv2d(x, W, b, stride=(1, 1), pad=(0, 0), dilation=(1, 1)):
     f, _, kh, kw = W.shape
     (sh, sw), (ph, pw), (dh, dw) = stride, pad, dilation
     oh, ow = out_size(h, kh, sh, ph, dh), out_size(w, kw, sw, pw, dw)
-    xpad = np.zeros((n, c, h + 2 * ph, w + 2 * pw))
-    xpad[:, :, ph : ph + h, pw : pw + w] = x
+    xpad = _padded(x, ph, pw, 0.0)
     y = np.zeros((n, f, oh, ow))
     for a in range(oh):
         for bb in range(ow):
@@ -47,8 +54,7 @@ def conv2d_backward(dout, x, W, stride=(1, 1), pad=(0, 0), dilation=(1, 1)):
     f, _, kh, kw = W.shape
     (sh, sw), (ph, pw), (dh, dw) = stride, pad, dilation
     oh, ow = dout.shape[2:]
-    xpad = np.zeros((n, c, h + 2 * ph, w + 2 * pw))
-    xpad[:, :, ph : ph + h, pw : pw + w] = x
+    xpad = _padded(x, ph, pw, 0.0)
     dxp = np.zeros_like(xpad)
     dW = np.zeros_like(W)
     for a in range(oh):
@@ -79,8 +85,7 @@ def im2col_direct(
     n, c, h, w = x.shape
     (sh, sw), (ph, pw), (dh, dw) = stride, pad, dilation
     oh, ow = out_size(h, kh, sh, ph, dh), out_size(w, kw, sw, pw, dw)
-    xpad = np.zeros((n, c, h + 2 * ph, w + 2 * pw))
-    xpad[:, :, ph : ph + h, pw : pw + w] = x
+    xpad = _padded(x, ph, pw, 0.0)
     col = np.zeros((n, oh, ow, c, kh, kw))
     for a in range(oh):
         for bb in range(ow):
@@ -147,8 +152,7 @@ def max_pool2d(x, k=(2, 2), stride=(2, 2), pad=(0, 0), dilation=(1, 1)):
     n, c, h, w = x.shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = k, stride, pad, dilation
     oh, ow = out_size(h, kh, sh, ph, dh), out_size(w, kw, sw, pw, dw)
-    xpad = np.full((n, c, h + 2 * ph, w + 2 * pw), -np.inf)
-    xpad[:, :, ph : ph + h, pw : pw + w] = x
+    xpad = _padded(x, ph, pw, -np.inf)
     y = np.empty((n, c, oh, ow))
     arg = np.empty((n, c, oh, ow), np.int64)
     for a in range(oh):

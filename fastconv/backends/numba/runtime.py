@@ -17,6 +17,7 @@ read when the kernels are defined (the cache directory) or first run (the thread
 from __future__ import annotations
 
 import contextlib
+import getpass
 import os
 import sys
 import tempfile
@@ -60,7 +61,7 @@ def _choose_cache_dir() -> str:
     leaf = f"fastconv-{__version__}-numba-{numba.__version__}"
     path = _config.cache_dir() / "numba" / leaf
     if not _writable(path):
-        user = os.getuid() if hasattr(os, "getuid") else os.getlogin()
+        user = os.getuid() if hasattr(os, "getuid") else getpass.getuser()
         fallback = Path(tempfile.gettempdir()) / f"fastconv-{user}" / leaf
         warnings.warn(
             f"fastconv: cannot write the kernel cache {path}; using {fallback} "
