@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastconv import _config
 from fastconv._config import configure, get_config
 from fastconv._registry import (
     BackendUnavailableError,
@@ -25,6 +24,7 @@ from fastconv.functional import (
     col2im,
     conv2d,
     conv2d_backward,
+    conv_algorithm,
     im2col,
     max_pool2d,
     max_pool2d_backward,
@@ -40,6 +40,7 @@ __all__ = [
     "configure",
     "conv2d",
     "conv2d_backward",
+    "conv_algorithm",
     "get_backend",
     "get_backend_object",
     "get_config",
@@ -55,11 +56,6 @@ __all__ = [
     "unregister_backend",
     "use_backend",
 ]
-
-# numba's threading layer is chosen by the first parallel loop of the process, which may be other
-# code's: set fastconv's preference (tbb, workqueue, never OpenMP unless chosen) now, without numba.
-_config.prepare_numba_threading()
-
 
 def __getattr__(name: str) -> Any:
     # Heavier pieces load on first use, so `import fastconv` stays cheap.

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from fastconv import _arrays, _registry
+from fastconv import _algorithms, _arrays, _registry
 from fastconv._shapes import (
     IntOrPair,
     Pair,
@@ -127,10 +127,16 @@ def conv2d(
     pad: IntOrPair = 0,
     dilation: IntOrPair = 1,
     *,
+    algorithm: str | None = None,
     backend: str | None = None,
     _layer_backend: str | None = None,
 ) -> Any:
-    """2-D convolution (cross-correlation): x (N, C, H, W), W (F, C, kh, kw), b (F,) -> (N, F, OH, OW)."""
+    """2-D convolution (cross-correlation): x (N, C, H, W), W (F, C, kh, kw), b (F,) -> (N, F, OH, OW).
+
+    ``algorithm``: "auto" (the default, through ``fastconv.configure``), "gemm", "winograd",
+    "winograd2" or "direct" (see :func:`conv_algorithm`); a named one that cannot run this shape on
+    this backend raises ValueError.
+    """
     s, p, d, out_hw = _conv_args(x, W, stride, pad, dilation)
     out_dtype, dtype = _result_dtype(x, W)
     impl = _select(backend, _layer_backend, {"x": x, "W": W, "b": b if hasattr(b, "shape") else None})
@@ -140,8 +146,56 @@ def conv2d(
         if bias is not None:
             y += bias.reshape(1, -1, 1, 1)
     else:
-        y = impl.conv2d_forward(_prep(impl, x, dtype), _prep(impl, W, dtype), bias, s, p, d)
+        xc, Wc = _prep(impl, x, dtype), _prep(impl, W, dtype)
+
+        def run(name: str) -> Any:
+            return _call(impl, impl.conv2d_forward, name, xc, Wc, bias, s, p, d)
+
+        name = _algorithms.resolve(impl, algorithm, "forward", x.shape, W.shape, s, p, d, dtype, run)
+        y = run(name)
     return y if y.dtype == out_dtype else y.astype(out_dtype)
+
+
+def _call(impl: Any, kernel: Any, name: str, *args: Any, **kwargs: Any) -> Any:
+    """A backend's conv kernel with ``algorithm=name``; backends that declare no algorithms get none."""
+    if hasattr(impl, "algorithms"):
+        return kernel(*args, algorithm=name, **kwargs)
+    return kernel(*args, **kwargs)
+
+
+def conv_algorithm(
+    x_shape: tuple[int, int, int, int],
+    W_shape: tuple[int, int, int, int],
+    stride: IntOrPair = 1,
+    pad: IntOrPair = 0,
+    dilation: IntOrPair = 1,
+    dtype: Any = "float32",
+    *,
+    direction: str = "forward",
+    algorithm: str | None = None,
+    backend: str | None = None,
+) -> str:
+    """The algorithm a conv2d (``direction="forward"``) or conv2d_backward call with these shapes would
+    run on ``backend`` (the selected one by default) under the current settings.
+
+    With autotuning on, the tuned choice when this shape was tuned already, else the rules' choice
+    (the first call tunes it).
+    """
+    xs, ws = shape4(x_shape, "x_shape"), shape4(W_shape, "W_shape")
+    if direction not in _algorithms.DIRECTIONS:
+        raise ValueError(f"direction must be 'forward' or 'backward', got {direction!r}")
+    s = pair(stride, "stride", minimum=1)
+    p = pair(pad, "pad", minimum=0)
+    d = pair(dilation, "dilation", minimum=1)
+    conv_output_size(xs[2:], ws[2:], s, p, d)
+    dt = _COMPUTE.get(np.dtype(dtype), np.dtype(dtype))
+    impl = _registry.select(backend, None, None)
+    args = (direction, xs, ws, s, p, d, dt)
+    if algorithm is None and _algorithms.settings.algorithm == "auto" and _algorithms.settings.autotune:
+        hit = _algorithms.tuner.cached(impl, *args)
+        if hit is not None:
+            return hit
+    return _algorithms.resolve(impl, algorithm, direction, xs, ws, s, p, d, dt, None)
 
 
 def conv2d_backward(
@@ -153,11 +207,12 @@ def conv2d_backward(
     dilation: IntOrPair = 1,
     *,
     need_dx: bool = True,
+    algorithm: str | None = None,
     backend: str | None = None,
     _layer_backend: str | None = None,
 ) -> tuple[Any, Any, Any]:
     """Gradients of :func:`conv2d`: dout (N, F, OH, OW) -> dx (N, C, H, W) (None if not need_dx),
-    dW (F, C, kh, kw), db (F,)."""
+    dW (F, C, kh, kw), db (F,). ``algorithm`` as for :func:`conv2d`."""
     s, p, d, out_hw = _conv_args(x, W, stride, pad, dilation)
     _check_array("dout", dout, 4, "(N, F, OH, OW)")
     expected = (x.shape[0], W.shape[0], *out_hw)
@@ -175,15 +230,13 @@ def conv2d_backward(
             xp.asarray(dout, dtype=dtype).sum(axis=(0, 2, 3)),
         )
     else:
-        grads = impl.conv2d_backward(
-            _prep(impl, dout, dtype),
-            _prep(impl, x, dtype),
-            _prep(impl, W, dtype),
-            s,
-            p,
-            d,
-            need_dx=bool(need_dx),
-        )
+        dc, xc, Wc = _prep(impl, dout, dtype), _prep(impl, x, dtype), _prep(impl, W, dtype)
+
+        def run(name: str) -> Any:
+            return _call(impl, impl.conv2d_backward, name, dc, xc, Wc, s, p, d, need_dx=bool(need_dx))
+
+        name = _algorithms.resolve(impl, algorithm, "backward", x.shape, W.shape, s, p, d, dtype, run)
+        grads = run(name)
     return tuple(g if g is None or g.dtype == out_dtype else g.astype(out_dtype) for g in grads)
 
 

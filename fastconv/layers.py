@@ -265,7 +265,8 @@ def _bias_grad_like(b: Any, db: Any) -> Any:
 class Convolution:
     """Convolution layer: x (N, C, H, W), W (F, C, FH, FW), b (F,) -> (N, F, OH, OW).
 
-    OH = (H + 2*pad - dilation*(FH - 1) - 1) // stride + 1 (OW likewise).
+    OH = (H + 2*pad - dilation*(FH - 1) - 1) // stride + 1 (OW likewise). ``algorithm`` (None:
+    the process setting, "auto" by default) as in :func:`fastconv.conv2d`.
     """
 
     def __init__(
@@ -276,6 +277,7 @@ class Convolution:
         pad: IntOrPair = 0,
         *,
         dilation: IntOrPair = 1,
+        algorithm: str | None = None,
         backend: str | None = None,
     ) -> None:
         self.W = W
@@ -283,6 +285,7 @@ class Convolution:
         self.stride = stride
         self.pad = pad
         self.dilation = dilation
+        self.algorithm = algorithm
         self.backend = backend
         self.x = None
         self.dW = None
@@ -290,12 +293,28 @@ class Convolution:
 
     def forward(self, x: Any) -> Any:
         self.x = x
-        return F.conv2d(x, self.W, self.b, self.stride, self.pad, self.dilation, _layer_backend=self.backend)
+        return F.conv2d(
+            x,
+            self.W,
+            self.b,
+            self.stride,
+            self.pad,
+            self.dilation,
+            algorithm=self.algorithm,
+            _layer_backend=self.backend,
+        )
 
     def backward(self, dout: Any) -> Any:
         x = require_forward(self, self.x)
         dx, self.dW, db = F.conv2d_backward(
-            dout, x, self.W, self.stride, self.pad, self.dilation, _layer_backend=self.backend
+            dout,
+            x,
+            self.W,
+            self.stride,
+            self.pad,
+            self.dilation,
+            algorithm=self.algorithm,
+            _layer_backend=self.backend,
         )
         self.db = _bias_grad_like(self.b, db)
         return dx

@@ -46,13 +46,12 @@ def test_configure_refuses_bad_values_and_changes_nothing(kwargs, message):
 
 def test_configure_threads_in_a_with_block_restores_the_thread_counts_it_found():
     pytest.importorskip("numba")
-    import numba
     from threadpoolctl import threadpool_info
 
+    from fastconv.backends.numba import runtime
+
     def counts():
-        return numba.get_num_threads(), [
-            p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"
-        ]
+        return runtime.num_threads(), [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
 
     before, config = counts(), fastconv.get_config()
     with fastconv.configure(threads=1):

@@ -1,4 +1,4 @@
-"""The numba backend: parallel CPU kernels compiled by numba, GEMMs through NumPy's BLAS.
+"""The numba backend: CPU kernels compiled by numba, run on fastconv's thread pool, GEMMs through NumPy's BLAS.
 
 Importing this package imports numba (the registry imports it on first use of the backend, never
 at ``import fastconv``); the kernels compile, or load from the per-user cache, on the first call
@@ -6,7 +6,7 @@ that needs them, and :func:`warmup` compiles all of them ahead of time.
 
 * ``ops.py``: the contract's six kernels (how each runs is described there);
 * ``kernels.py``: the compiled loops they call;
-* ``runtime.py``: cache directory, threading layer, thread counts, the compile notice.
+* ``runtime.py``: cache directory, the thread pool, the compile notice.
 
 See :mod:`fastconv.backends` for the contract.
 """
@@ -54,21 +54,13 @@ xp = np
 
 
 def info() -> dict[str, str]:
-    """numba's version, threading layer, thread counts, BLAS threads, cache directory and GEMM threading."""
+    """numba's version, thread count, BLAS threads, cache directory and GEMM threading."""
     import numba
 
-    try:
-        layer = numba.threading_layer()
-    except ValueError:  # no parallel kernel has run yet
-        chosen = numba.config.THREADING_LAYER
-        if chosen == "default":
-            chosen = "the first that loads of " + ", ".join(numba.config.THREADING_LAYER_PRIORITY)
-        layer = f"{chosen} (starts on first use)"
-    env = os.environ.get("NUMBA_THREADING_LAYER")
     return {
         "numba": numba.__version__,
-        "threading layer": layer + (" (from NUMBA_THREADING_LAYER)" if env else ""),
-        "numba threads": f"{numba.get_num_threads()} of NUMBA_NUM_THREADS={numba.config.NUMBA_NUM_THREADS}",
+        "threads": f"{runtime.num_threads()} (fastconv's thread pool running serial nogil kernels; "
+        "fastconv.configure(threads=) or NUMBA_NUM_THREADS)",
         "blas": blas_description(),
         "cache dir": runtime.CACHE_DIR,
         "jit": "disabled (NUMBA_DISABLE_JIT=1)" if numba.config.DISABLE_JIT else "enabled",

@@ -1,16 +1,17 @@
 """The numba backend's compiled loops. ``ops.py`` allocates their outputs and calls them.
 
 Every kernel is a plain ``@njit`` function, so ``NUMBA_DISABLE_JIT=1`` runs it as ordinary Python.
-Parallel loops (``prange``) always run over disjoint outputs (an image, an (image, channel) plane):
+Each kernel does the work items ``t0 .. t1-1`` (an (image, channel) plane, an image) and
+:func:`fastconv.backends.numba.runtime.parallel_for` runs disjoint shares of them on its threads:
 no write races, and every sum is taken in one fixed order, so results are bitwise reproducible run
-to run.
+to run and for any thread count.
 
 Kernels write into arrays the caller allocates with NumPy: NumPy asks the kernel for huge pages on
 big arrays, while memory numba allocates is faulted in 4 KiB pages, which are slow in a virtual
 machine (BENCHMARKS.md has the figures).
 
 Import :mod:`fastconv.backends.numba.runtime` first (the package does): it chooses the cache
-directory and the threading layer, which the decorators below and numba's first parallel loop read.
+directory, which the decorators below read.
 
 Shared argument names: ``sh, sw`` stride, ``ph, pw`` padding, ``dh, dw`` dilation, ``oh_n, ow_n``
 the output size from :func:`fastconv._shapes.conv_output_size` (the caller computes it once).
@@ -19,9 +20,11 @@ the output size from :func:`fastconv._shapes.conv_output_size` (the caller compu
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-_PLAIN = {"parallel": True, "cache": True}
+# Serial kernels over a share [t0, t1) of the work items, run by runtime.parallel_for from a thread
+# pool (nogil): they compile 2-3x faster than parallel=True kernels and need no threading layer.
+_PLAIN = {"nogil": True, "cache": True}
 
 
 @njit
@@ -44,8 +47,8 @@ def _valid_range(j_off: int, stride: int, size: int, n_out: int) -> tuple[int, i
 
 
 @njit(**_PLAIN)
-def im2col_planes(x, n0, col, wide, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n):  # pragma: no cover
-    """Fill col from images n0..n0+B of x (C-contiguous); prange over (image, channel) planes.
+def im2col_planes(t0, t1, x, n0, col, wide, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n):  # pragma: no cover
+    """Fill col from images n0..n0+B of x (C-contiguous); planes t0..t1-1 of the (image, channel) planes.
 
     col is (B, K, OH*OW) (per-image layout), or (K, B, OH*OW) when ``wide`` (one GEMM for all B
     images), K >= C*kh*kw (rows past C*kh*kw are left alone). Flat indices throughout: slicing
@@ -58,7 +61,7 @@ def im2col_planes(x, n0, col, wide, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n):
     p_c = col.shape[2]  # OH*OW, or OH*W in the flat layout
     xf = x.reshape(x.size)
     cf = col.reshape(col.size)
-    for t in prange(b_n * c_n):
+    for t in range(t0, t1):
         b = t // c_n
         c = t % c_n
         xb = ((n0 + b) * c_n + c) * h_n * w_n
@@ -110,9 +113,9 @@ def im2col_planes(x, n0, col, wide, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n):
 
 
 @njit(**_PLAIN)
-def col2im_planes(dcol, n0, dx, wide, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n):  # pragma: no cover
+def col2im_planes(t0, t1, dcol, n0, dx, wide, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n):  # pragma: no cover
     """Write dx[n0:n0+B] (C-contiguous) from dcol (B, C*kh*kw, OH*OW), or (C*kh*kw, B, OH*OW)
-    when ``wide`` (C-contiguous); prange over planes, taps summed in order, flat indices."""
+    when ``wide`` (C-contiguous); planes t0..t1-1, taps summed in order, flat indices."""
     b_n = dcol.shape[1] if wide else dcol.shape[0]
     k_n = dcol.shape[0] if wide else dcol.shape[1]
     c_n, h_n, w_n = dx.shape[1], dx.shape[2], dx.shape[3]
@@ -120,7 +123,7 @@ def col2im_planes(dcol, n0, dx, wide, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n
     p_c = dcol.shape[2]  # OH*OW, or OH*W in the flat layout (see im2col_planes)
     df = dx.reshape(dx.size)
     cf = dcol.reshape(dcol.size)
-    for t in prange(b_n * c_n):
+    for t in range(t0, t1):
         b = t // c_n
         c = t % c_n
         p0 = ((n0 + b) * c_n + c) * h_n * w_n  # start of plane (n0 + b, c) in dx
@@ -192,8 +195,8 @@ def _window_max(plane, h0, w0, kh, kw, dh, dw, ninf):  # pragma: no cover - jitt
 
 
 @njit(**_PLAIN)
-def maxpool_forward(x, y, am, kh, kw, sh, sw, ph, pw, dh, dw, nan_aware):  # pragma: no cover - jitted
-    """Fill y, am (N, C, OH, OW) from x (N, C, H, W): max and argmax; prange over (image, channel) planes.
+def maxpool_forward(t0, t1, x, y, am, kh, kw, sh, sw, ph, pw, dh, dw, nan_aware):  # pragma: no cover - jitted
+    """Fill y, am (N, C, OH, OW) from x (N, C, H, W): max and argmax; planes t0..t1-1 of the (image, channel) planes.
 
     argmax is the window-local index i*kw + j of the first maximum in row-major order; padding
     reads as -inf and a NaN counts as the maximum (the first NaN wins), as numpy.argmax does.
@@ -211,7 +214,7 @@ def maxpool_forward(x, y, am, kh, kw, sh, sw, ph, pw, dh, dw, nan_aware):  # pra
         hlo, hhi = 0, 0
     k22 = kh == 2 and kw == 2 and dh == 1 and dw == 1
     k33 = kh == 3 and kw == 3 and dh == 1 and dw == 1
-    for t in prange(n_n * c_n):
+    for t in range(t0, t1):
         n = t // c_n
         c = t % c_n
         plane = x[n, c]
@@ -286,8 +289,8 @@ def maxpool_forward(x, y, am, kh, kw, sh, sw, ph, pw, dh, dw, nan_aware):  # pra
 
 
 @njit(**_PLAIN)
-def maxpool_backward(dout, argmax, dx, gbits, dbits, kh, kw, sh, sw, ph, pw, dh, dw):  # pragma: no cover
-    """Write dx (N, C, H, W): each window's dout goes to the element its argmax names; prange over planes.
+def maxpool_backward(t0, t1, dout, argmax, dx, gbits, dbits, kh, kw, sh, sw, ph, pw, dh, dw):  # pragma: no cover
+    """Write dx (N, C, H, W): each window's dout goes to the element its argmax names; planes t0..t1-1.
 
     ``gbits``, ``dbits`` are dout and dx viewed as same-size integers. 2x2 windows with stride 2
     that tile x exactly (no padding) take one branch-free pass that writes every element of dx
@@ -313,7 +316,7 @@ def maxpool_backward(dout, argmax, dx, gbits, dbits, kh, kw, sh, sw, ph, pw, dh,
     hlo, hhi = _valid_range(-ph, sh, h_n - (kh - 1) * dh, oh_n)
     kk = kh * kw
     bad = 0
-    for t in prange(n_n * c_n):
+    for t in range(t0, t1):
         n = t // c_n
         c = t % c_n
         gp = dout[n, c]

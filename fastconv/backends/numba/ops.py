@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numba
 import numpy as np
 
 from fastconv._config import settings
@@ -43,7 +42,6 @@ _im2col_planes = runtime.Announced(kernels.im2col_planes)
 _col2im_planes = runtime.Announced(kernels.col2im_planes)
 _maxpool_forward = runtime.Announced(kernels.maxpool_forward)
 _maxpool_backward = runtime.Announced(kernels.maxpool_backward)
-_executor: Any = None
 
 
 def im2col(x: np.ndarray, kh: int, kw: int, stride: Pair, pad: Pair, dilation: Pair) -> np.ndarray:
@@ -52,7 +50,7 @@ def im2col(x: np.ndarray, kh: int, kw: int, stride: Pair, pad: Pair, dilation: P
     x = np.ascontiguousarray(x)
     oh, ow = conv_output_size(x.shape[2:], (kh, kw), stride, pad, dilation)
     col = np.empty((n, c * kh * kw, oh * ow), dtype=x.dtype)
-    _im2col_planes(x, 0, col, False, kh, kw, *stride, *pad, *dilation, oh, ow)
+    _im2col_planes(n * c, x, 0, col, False, kh, kw, *stride, *pad, *dilation, oh, ow)
     # col_book[n*OH*OW + p, k] = col[n, k, p]
     return np.ascontiguousarray(col.transpose(0, 2, 1)).reshape(n * oh * ow, c * kh * kw)
 
@@ -71,14 +69,14 @@ def col2im(
     oh, ow = conv_output_size((h, w), (kh, kw), stride, pad, dilation)
     planes = np.ascontiguousarray(col.reshape(n, oh * ow, c * kh * kw).transpose(0, 2, 1))
     dx = np.empty(x_shape, dtype=col.dtype)
-    _col2im_planes(planes, 0, dx, False, kh, kw, *stride, *pad, *dilation, oh, ow)
+    _col2im_planes(n * c, planes, 0, dx, False, kh, kw, *stride, *pad, *dilation, oh, ow)
     return dx
 
 
 def _chunk(n: int, per_image: int) -> int:
     """Images per chunk: about CHUNK_BYTES of columns, at least one image per thread, and chunks of
     equal size (64 images in chunks of 59 would leave a last chunk of 5 and a second buffer)."""
-    step = max(1, min(n, max(numba.get_num_threads(), CHUNK_BYTES // max(per_image, 1))))
+    step = max(1, min(n, max(runtime.num_threads(), CHUNK_BYTES // max(per_image, 1))))
     chunks = -(-n // step)
     return max(1, -(-n // chunks))
 
@@ -106,20 +104,12 @@ def _grad_batch(lo: int, hi: int, d: np.ndarray, c: np.ndarray) -> np.ndarray:
 
 def _split(fn: Any, total: int, *args: Any) -> list[Any]:
     """Run fn(lo, hi, *args) over [0, total) and return the results in order: one call threaded by
-    BLAS, or with ``gemm_threads="split"`` one contiguous share per numba thread, each in its own
-    Python thread with single-threaded BLAS (NumPy's matmul releases the GIL)."""
-    global _executor
-    threads = min(numba.get_num_threads(), total)
-    if settings.gemm_threads != "split" or threads <= 1:
+    BLAS, or with ``gemm_threads="split"`` one contiguous share per thread, each with
+    single-threaded BLAS (NumPy's matmul releases the GIL)."""
+    if settings.gemm_threads != "split" or runtime.num_threads() <= 1:
         return [fn(0, total, *args)]
-    if _executor is None or _executor._max_workers < threads:
-        from concurrent.futures import ThreadPoolExecutor
-
-        _executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fastconv-gemm")
-    cuts = [total * t // threads for t in range(threads + 1)]
     with runtime.single_threaded_blas:
-        futures = [_executor.submit(fn, cuts[t], cuts[t + 1], *args) for t in range(threads)]
-        return [f.result() for f in futures]
+        return runtime.parallel_for(fn, total, *args)
 
 
 def _flat_cols(wide: bool, oh: int, w: int, ow: int, stride: Pair, pad: Pair, dilation: Pair) -> int:
@@ -169,7 +159,7 @@ def conv2d_forward(
                 col[kk:] = 1  # the bias row; im2col_planes writes rows [0, kk) only
             else:
                 col[:, kk:] = 1
-        _im2col_planes(x, n0, col, wide, kh, kw, *stride, *pad, *dilation, oh, ow)
+        _im2col_planes(m * c, x, n0, col, wide, kh, kw, *stride, *pad, *dilation, oh, ow)
         if wide:  # (F, K) @ (K, m*P) -> (F, m, P) -> y[n0:n0+m] (N, F, P), dropping flat-layout spill-over
             c2 = col.reshape(k1, m * pc)
             yw = np.empty((f, m * pc), dtype=x.dtype)
@@ -216,7 +206,7 @@ def conv2d_backward(
                 col[kk] = 1
             else:
                 col[:, kk] = 1
-        _im2col_planes(x, n0, col, wide, kh, kw, *stride, *pad, *dilation, oh, ow)
+        _im2col_planes(m * c, x, n0, col, wide, kh, kw, *stride, *pad, *dilation, oh, ow)
         if wide:
             d_m = dout[n0 : n0 + m].transpose(1, 0, 2, 3)  # (F, m, OH, OW)
             if pc != p:  # flat layout: dout with zeros in the spill-over columns OW..W-1
@@ -233,7 +223,7 @@ def conv2d_backward(
                 dcol = np.empty((kk, m * pc), dtype=x.dtype)  # W2d.T @ dout: (K, F) @ (F, m*P)
                 _split(_mm_cols, m * pc, w2t, dt, dcol)
                 _col2im_planes(
-                    dcol.reshape(kk, m, pc), n0, dx, True, kh, kw, *stride, *pad, *dilation, oh, ow
+                    m * c, dcol.reshape(kk, m, pc), n0, dx, True, kh, kw, *stride, *pad, *dilation, oh, ow
                 )
         else:
             # [dW | db] += sum_n dout[n] @ [col[n]; 1].T: (F, P) @ (P, K + 1)
@@ -243,7 +233,7 @@ def conv2d_backward(
             if need_dx:
                 dcol = np.empty((m, kk, p), dtype=x.dtype)  # dcol[n] = W2d.T @ dout[n]: (K, F) @ (F, P)
                 _split(_mm_batch, m, w2t, d_m, dcol)
-                _col2im_planes(dcol, n0, dx, False, kh, kw, *stride, *pad, *dilation, oh, ow)
+                _col2im_planes(m * c, dcol, n0, dx, False, kh, kw, *stride, *pad, *dilation, oh, ow)
     return dx, np.ascontiguousarray(dwb[:, :kk]).reshape(W.shape), np.ascontiguousarray(dwb[:, kk])
 
 
@@ -258,7 +248,7 @@ def maxpool2d_forward(
     # One vectorised NumPy pass (max propagates NaN) decides whether the kernel must test for NaN:
     # cheaper than a NaN test on every window element, which slows the kernel down.
     nan_aware = x.size > 0 and bool(np.isnan(x.max()))
-    _maxpool_forward(x, y, argmax, kh, kw, *stride, *pad, *dilation, nan_aware)
+    _maxpool_forward(n * c, x, y, argmax, kh, kw, *stride, *pad, *dilation, nan_aware)
     return y, argmax
 
 
@@ -280,8 +270,8 @@ def maxpool2d_backward(
     bits = np.dtype(f"i{dout.itemsize}")  # same-size integer views, for the bit masks
     dout = np.ascontiguousarray(dout)
     bad = _maxpool_backward(
-        dout, argmax, dx, dout.view(bits), dx.view(bits), kh, kw, *stride, *pad, *dilation
+        x_shape[0] * x_shape[1], dout, argmax, dx, dout.view(bits), dx.view(bits), kh, kw, *stride, *pad, *dilation
     )
-    if bad:
+    if sum(bad):
         raise bad_argmax_error(argmax, kh * kw)
     return dx
