@@ -57,6 +57,7 @@ __all__ = [
     "use_backend",
 ]
 
+
 def __getattr__(name: str) -> Any:
     # Heavier pieces load on first use, so `import fastconv` stays cheap.
     if name == "gradcheck":

@@ -42,6 +42,8 @@ def info(argv: Sequence[str]) -> int:
             details = backend.info() if hasattr(backend, "info") else {}
             for key, value in details.items():
                 print(f"  {key}: {value}")
+            if hasattr(backend, "algorithms"):
+                _print_algorithms(name, backend)
         else:
             print(f"\n[{name}] unavailable: {status['reason']}")
     try:
@@ -50,6 +52,34 @@ def info(argv: Sequence[str]) -> int:
         print(f"\nactive backend: error: {exc}")
         return 1
     return 0
+
+
+def _print_algorithms(name: str, backend: object) -> None:
+    """The convolution algorithms a backend has, and what "auto" (or autotuning) runs on the benchmark
+    shapes under the current settings."""
+    import fastconv
+    from fastconv.bench.cases import CASES, ConvCase
+
+    print(f"  algorithms: {', '.join(backend.algorithms)}")  # type: ignore[attr-defined]
+    print("  what runs on the benchmark shapes (forward / backward, float32 | float64):")
+    for case in CASES:
+        if isinstance(case, ConvCase):
+            picks = [
+                " / ".join(
+                    fastconv.conv_algorithm(
+                        case.x_shape,
+                        case.w_shape,
+                        case.stride,
+                        case.pad,
+                        dtype=dtype,
+                        direction=d,
+                        backend=name,
+                    )
+                    for d in ("forward", "backward")
+                )
+                for dtype in ("float32", "float64")
+            ]
+            print(f"    {case.name} {case.describe():<36} {picks[0]} | {picks[1]}")
 
 
 def warmup(argv: Sequence[str]) -> int:

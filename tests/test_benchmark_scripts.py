@@ -94,3 +94,36 @@ def test_benchmarks_md_script_leaves_a_file_without_markers_alone(tmp_path):
     done = _run("write_benchmarks_md.py", str(_bench_run(tmp_path / "r.json")), "--out", str(prose), status=2)
     assert "add the two marker lines" in done.stderr
     assert prose.read_text() == "# Only prose\n"
+
+
+MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+
+
+def test_peak_memory_script_measures_each_candidate_in_its_own_process(tmp_path):
+    pytest.importorskip("numba")
+    out_json = tmp_path / "mem.json"
+    args = ("--shapes", "S2", "--threads", "1", "--algorithms", "gemm,winograd", "--json", str(out_json))
+    out = _run("peak_memory.py", *args).stdout
+    assert (
+        "| shape | case | candidate | algorithm | peak | outputs (y, dx, dW, db) | extra (workspace) |" in out
+    )
+    assert "`python benchmarks/peak_memory.py --shapes S2" in out
+    rows = json.loads(out_json.read_text())
+    measured = [r for r in rows if "peak_mib" in r]
+    assert measured, rows
+    for r in measured:  # y (64,32,26,26) + dx (64,1,28,28) + dW + db in float32: about 5.5 MiB
+        assert 5.3 < r["outputs_mib"] < 5.7 and r["peak_mib"] >= r["outputs_mib"] * 0.9, r
+
+
+def test_keras_epoch_script_times_both_sides_on_real_mnist():
+    import importlib.util
+
+    if importlib.util.find_spec("keras") is None:  # not importorskip: Keras needs KERAS_BACKEND first
+        pytest.skip("keras is not installed")
+    pytest.importorskip("torch")
+    if not (MNIST / "t10k-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"no MNIST test set at {MNIST}")
+    args = ("--data", str(MNIST), "--limit", "256", "--epochs", "1", "--warmup", "0", "--threads", "1")
+    out = _run("keras_epoch.py", *args).stdout
+    assert "| side | s per epoch (median) | ratio (median) |" in out
+    assert "| fastconv " in out and "| Keras " in out and "`python benchmarks/keras_epoch.py --data" in out

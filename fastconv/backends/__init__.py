@@ -52,6 +52,14 @@ Plus:
 Optional:
 
     probe() -> str | None            None when usable, else why not (cheap; called once, cached)
+    algorithms: tuple[str, ...]      convolution algorithms it implements (fastconv._algorithms names
+                                     them; "gemm" first); conv2d_forward and conv2d_backward then
+                                     take ``algorithm=<name>`` as a keyword, default "gemm". A backend
+                                     without it runs "gemm" only and never sees the keyword.
+    algorithm_support(name, direction, x_shape, W_shape, stride, pad, dilation) -> str | None
+                                     None when ``name`` can compute that convolution, else why not
+    choose_algorithm(direction, x_shape, W_shape, stride, pad, dilation, dtype) -> str
+                                     what "auto" runs (measured rules; shapes only, cheap)
     info() -> dict[str, str]         versions, threads, devices for ``fastconv info``
     warmup() -> None                 compile every kernel ahead of time (JIT backends)
 """

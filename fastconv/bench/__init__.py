@@ -1,8 +1,9 @@
 """``fastconv bench``: time the benchmark cases on every backend, with PyTorch as a peer.
 
 For each case of :mod:`fastconv.bench.cases` (convolutions S1-S6, max pools P1-P3, training steps
-T1-T2) and each peer (the chosen fastconv backends, plus ``torch`` on the CPU when PyTorch is
-installed, plus ``torch-cuda`` when it sees a GPU), it times the forward pass and the backward pass
+T1-T2) and each peer (the chosen fastconv backends, plus ``numba[ALG]`` for each ``--algorithm``,
+plus ``torch`` on the CPU when PyTorch is installed, plus ``torch-cuda`` when it sees a GPU, plus
+``jax`` on the CPU when JAX is installed), it times the forward pass and the backward pass
 separately:
 
 * conv forward ``conv2d(x, W, b, stride, pad)``; backward ``conv2d_backward`` -> (dx, dW, db)
@@ -10,7 +11,15 @@ separately:
 * pool forward ``max_pool2d`` -> (y, argmax); backward ``max_pool2d_backward`` -> dx
   (PyTorch: ``aten.max_pool2d_with_indices`` and its backward);
 * training step: forward, backward and optimizer update of SimpleConvNet (T1) or the Keras-style
-  network (T2) (PyTorch: the same network, loss and optimizer in eager mode).
+  network (T2) (PyTorch: the same network, loss and optimizer; JAX: the same as one jitted step).
+
+PyTorch runs in its fastest variant for each kind of case unless ``--torch-variant`` says otherwise
+(channels_last memory format, ``torch.compile``, fused optimizer, oneDNN off; several variants are
+timed side by side as ``torch[V]``; :mod:`fastconv.bench.peers`), and each row records the variant.
+JAX calls are ``jax.jit``-compiled (the warm-up compiles them) and wait with ``block_until_ready``.
+Each fastconv convolution row records the algorithm that ran (``fastconv.conv_algorithm``), shown
+in the table cell; ``--algorithm gemm,winograd`` times numba once per forced algorithm, and a shape
+an algorithm cannot run shows ``n/s``.
 
 Timing (:mod:`fastconv.bench.timing`): ``warmup`` calls (compiles JIT kernels, warms caches), then
 ``repeat`` samples, the peers' samples interleaved round by round, so that load from other
@@ -20,8 +29,9 @@ one untimed call before each sample, because the previous peer's threads go on s
 ms after it returns (PyTorch's OpenMP pool) and would slow the first timed call (BENCHMARKS.md,
 "Max-pool backward against the memory floor"). GPU peers are synchronised before and after every
 sample. ``--threads N`` gives every backend and peer N CPU threads before anything is timed
-(:func:`fastconv.bench.peers.apply_threads`). PyTorch on a GPU computes float32 without TF32 unless
-``--tf32`` is given, so both sides compute in true float32.
+(:func:`fastconv.bench.peers.apply_threads`; JAX's pool is sized when its CPU client starts, so
+``--threads`` reaches it only if nothing in the process started JAX before). PyTorch on a GPU
+computes float32 without TF32 unless ``--tf32`` is given, so both sides compute in true float32.
 
 It prints markdown tables of the medians (ms) with the ratio to the fastest peer of each row
 (forward, backward, forward + backward, training step; :mod:`fastconv.bench.report`), and
@@ -33,6 +43,8 @@ Usage::
 
     fastconv bench --threads 2 --dtype float32,float64 --json out.json --plot out.png
     fastconv bench --quick --backends numpy --shapes S1,S3,P1
+    fastconv bench --threads 2 --shapes T1,T2 --torch-variant all --no-jax  # fastest torch
+    fastconv bench --threads 2 --shapes S3,S4,S5 --algorithm gemm,winograd,winograd2
     fastconv bench --backends cupy --dtype float32          # on a GPU machine, against torch-cuda
     python -m fastconv.bench --help
 """
@@ -50,7 +62,17 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from fastconv.bench.cases import CASES, PHASES, STEP, Case, ConvCase, phases, select
-from fastconv.bench.peers import FastconvPeer, Peer, TorchPeer, apply_threads, make_peers
+from fastconv.bench.peers import (
+    TORCH_DEFAULT_VARIANT,
+    FastconvPeer,
+    JaxPeer,
+    NotSupported,
+    Peer,
+    TorchPeer,
+    apply_threads,
+    make_peers,
+    parse_torch_variants,
+)
 from fastconv.bench.report import machine_info, plot, plot_title, render, tables
 from fastconv.bench.timing import QUICK, Settings, measure, sample, warm_up
 
@@ -59,6 +81,7 @@ __all__ = [
     "PHASES",
     "STEP",
     "FastconvPeer",
+    "JaxPeer",
     "Peer",
     "Settings",
     "TorchPeer",
@@ -86,6 +109,22 @@ def build_parser(prog: str = "fastconv bench") -> argparse.ArgumentParser:
         "--backends", default=None, help="comma-separated fastconv backends (default: every available one)"
     )
     parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out even when installed")
+    parser.add_argument("--no-jax", action="store_true", help="leave JAX out even when installed")
+    parser.add_argument(
+        "--torch-variant",
+        default=None,
+        metavar="V[,V...]",
+        help="PyTorch variant(s): eager, or options joined by '+' from channels_last, compile, max-autotune, "
+        "fused, no-mkldnn; several (or 'all') are timed side by side as torch[V]. Default "
+        f"{TORCH_DEFAULT_VARIANT}: per kind of case the fastest measured ({_best()})",
+    )
+    parser.add_argument(
+        "--algorithm",
+        default=None,
+        metavar="NAME[,NAME...]",
+        help="also time the numba backend once per convolution algorithm (gemm, winograd, winograd2, direct, "
+        "auto), as peers numba[NAME]; a shape an algorithm cannot run is noted 'n/s'",
+    )
     parser.add_argument(
         "--tf32",
         action="store_true",
@@ -151,6 +190,23 @@ def _parse_dtypes(text: str) -> list[str]:
     return dtypes or ["float32"]
 
 
+def _best() -> str:
+    from fastconv.bench.peers import TORCH_BEST
+
+    return ", ".join(f"{kind} {variant}" for kind, variant in TORCH_BEST.items())
+
+
+def _parse_algorithms(text: str | None) -> list[str]:
+    if text is None:
+        return []
+    names = list(dict.fromkeys(a.strip() for a in text.split(",") if a.strip()))
+    known = ("auto", "gemm", "winograd", "winograd2", "direct")
+    for name in names:
+        if name not in known:
+            raise ValueError(f"--algorithm: unknown algorithm {name!r}; known: {', '.join(known)}")
+    return names
+
+
 def run(
     cases: Sequence[Case],
     peers: Sequence[Peer],
@@ -181,12 +237,17 @@ def run(
                     base["gflop_forward"] = case.flops / 1e9
                 try:
                     calls = peer.calls(case, dtype)
+                except NotSupported as exc:  # e.g. an algorithm that cannot run this shape: a note
+                    for phase in phases(case):
+                        results.append({**base, "phase": phase, "median_ms": None, "note": str(exc)})
+                    continue
                 except Exception as exc:  # e.g. no training stack: recorded, and the run goes on
                     for phase in phases(case):
                         results.append({**base, "phase": phase, "median_ms": None, "error": repr(exc)})
                     continue
+                info = peer.info(case, dtype)
                 for phase, fn in calls.items():
-                    row = {**base, "phase": phase, "median_ms": None}
+                    row = {**base, **info.get(phase, {}), "phase": phase, "median_ms": None}
                     results.append(row)
                     try:
                         timed.append((row, fn, peer.sync, warm_up(fn, peer.sync, settings)))
@@ -214,7 +275,12 @@ def run(
                 if progress:
                     ms = row["median_ms"]
                     shown = f"{ms:9.3f} ms" if ms is not None else f"error {row.get('error')}"
-                    progress(f"{dtype} {case.name} {row['phase']:8s} {row['peer']:10s} {shown}")
+                    alg = f"  [{row['algorithm']}]" if row.get("algorithm") else ""
+                    progress(f"{dtype} {case.name} {row['phase']:8s} {row['peer']:10s} {shown}{alg}")
+            if progress:
+                for row in results:
+                    if row.get("note") and row["shape"] == case.name and row["dtype"] == dtype:
+                        progress(f"{dtype} {case.name} {row['phase']:8s} {row['peer']:10s} {row['note']}")
     return results
 
 
@@ -266,7 +332,16 @@ def _measure(
         for name, value in (("--repeat", args.repeat), ("--warmup", args.warmup)):
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
-        peers = make_peers(args.backends, no_torch=args.no_torch, tf32=args.tf32)
+        variants = parse_torch_variants(args.torch_variant)
+        algorithms = _parse_algorithms(args.algorithm)
+        peers = make_peers(
+            args.backends,
+            no_torch=args.no_torch,
+            tf32=args.tf32,
+            no_jax=args.no_jax,
+            torch_variants=variants,
+            algorithms=algorithms,
+        )
     except ValueError as exc:
         parser.error(str(exc))
     if not peers:
@@ -299,6 +374,8 @@ def _measure(
         "threads_applied": threads_applied,
         "dtypes": dtypes,
         "peers": [p.name for p in peers],
+        "torch_variants": [p.variant for p in peers if isinstance(p, TorchPeer)],
+        "algorithms": algorithms,
         "machine": machine_info(peers),
         "elapsed_s": time.perf_counter() - started,
         "results": results,

@@ -1,14 +1,30 @@
-"""The peers ``fastconv bench`` compares: fastconv's backends, and PyTorch on the CPU or a GPU.
+"""The peers ``fastconv bench`` compares: fastconv's backends, PyTorch on the CPU or a GPU, and JAX.
 
 A :class:`Peer` turns a benchmark case into the calls to time, with its inputs already on its
 device: ``{"forward": fn, "backward": fn}`` for a convolution or max pool, ``{"step": fn}`` for a
 training step. :func:`make_peers` builds the peers of a run and :func:`apply_threads` gives them
 all the same number of CPU threads.
+
+PyTorch runs in one of several *variants* (:data:`TORCH_VARIANTS`: eager, channels_last memory format,
+``torch.compile``, oneDNN off), several of which can be timed side by side as peers ``torch[VARIANT]``;
+the default, ``best``, runs each kind of case (conv, pool, train) in the variant measured fastest
+for it on the reference machine (:data:`TORCH_BEST`); every result row records the variant that ran.
+
+JAX (``jax.jit`` on the CPU) joins when it is installed. Its CPU thread pool is sized once, when its
+CPU client starts, by the number of cores the starting thread may run on (``XLA_FLAGS`` such as
+``--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=N`` do not limit it in jax 0.10:
+measured, the work still spreads over every core); :func:`apply_threads` therefore starts JAX's
+client with the calling thread's CPU affinity narrowed to N cores, then widens it again. That works
+only if nothing in the process started JAX's CPU client before.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import importlib.util
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,14 +42,25 @@ from fastconv.bench.cases import (
 )
 
 __all__ = [
+    "TORCH_DEFAULT_VARIANT",
+    "TORCH_VARIANTS",
     "FastconvPeer",
+    "JaxPeer",
+    "NotSupported",
     "Peer",
     "TorchPeer",
     "apply_threads",
     "available_backends",
+    "jax_available",
     "make_peers",
+    "parse_torch_variants",
+    "start_jax",
     "torch_devices",
 ]
+
+
+class NotSupported(Exception):
+    """A peer cannot run this case (an algorithm that does not apply to the shape): a note, not an error."""
 
 
 def _no_sync() -> None:
@@ -54,18 +81,29 @@ class Peer:
         """The calls to time for ``case`` in ``dtype``, by phase, inputs already on the device."""
         raise NotImplementedError
 
+    def info(self, case: Case, dtype: str) -> dict[str, dict[str, Any]]:
+        """Extra fields for the result rows of ``case``, by phase (e.g. the algorithm that ran)."""
+        return {}
+
 
 class FastconvPeer(Peer):
-    """A fastconv backend, called through the public functional API."""
+    """A fastconv backend, called through the public functional API.
 
-    def __init__(self, backend: str) -> None:
-        super().__init__(name=backend, sync=_device_sync(backend))
+    With ``algorithm`` (e.g. ``"winograd"``), convolutions pass ``algorithm=`` to ``conv2d`` and
+    ``conv2d_backward`` and the peer is named ``backend[algorithm]``; a shape the algorithm cannot run
+    raises :class:`NotSupported`. Pools and training steps ignore it.
+    """
+
+    def __init__(self, backend: str, algorithm: str | None = None) -> None:
+        super().__init__(name=f"{backend}[{algorithm}]" if algorithm else backend, sync=_device_sync(backend))
+        self.backend = backend
+        self.algorithm = algorithm
 
     def calls(self, case: Case, dtype: str) -> dict[str, Callable[[], Any]]:
         """``conv2d`` / ``conv2d_backward``, ``max_pool2d`` / ``max_pool2d_backward``, or a training step."""
         import fastconv
 
-        name = self.name
+        name = self.backend
 
         def dev(a: np.ndarray) -> Any:
             return fastconv.to_device(a, backend=name)
@@ -75,9 +113,17 @@ class FastconvPeer(Peer):
         if isinstance(case, ConvCase):
             a = {k: dev(v) for k, v in conv_inputs(case, dtype).items()}
             s, p = case.stride, case.pad
+            kw: dict[str, Any] = {"backend": name}
+            if self.algorithm:
+                kw["algorithm"] = self.algorithm
+                try:  # one call of each, so that an algorithm the shape cannot take is a note, not an error
+                    fastconv.conv2d(a["x"], a["W"], a["b"], s, p, **kw)
+                    fastconv.conv2d_backward(a["dout"], a["x"], a["W"], s, p, **kw)
+                except ValueError as exc:
+                    raise NotSupported(f"{self.algorithm} not supported here: {exc}") from exc
             return {
-                "forward": lambda: fastconv.conv2d(a["x"], a["W"], a["b"], s, p, backend=name),
-                "backward": lambda: fastconv.conv2d_backward(a["dout"], a["x"], a["W"], s, p, backend=name),
+                "forward": lambda: fastconv.conv2d(a["x"], a["W"], a["b"], s, p, **kw),
+                "backward": lambda: fastconv.conv2d_backward(a["dout"], a["x"], a["W"], s, p, **kw),
             }
         a = {k: dev(v) for k, v in pool_inputs(case, dtype).items()}
         k, s, p = case.kernel, case.stride, case.pad
@@ -87,6 +133,44 @@ class FastconvPeer(Peer):
             "forward": lambda: fastconv.max_pool2d(a["x"], k, s, p, backend=name),
             "backward": lambda: fastconv.max_pool2d_backward(a["dout"], argmax, shape, k, s, p, backend=name),
         }
+
+    def info(self, case: Case, dtype: str) -> dict[str, dict[str, Any]]:
+        """For a convolution, ``{"algorithm": name}`` per phase: the one forced, else what
+        ``fastconv.conv_algorithm`` says the call runs (omitted where fastconv cannot say)."""
+        if not isinstance(case, ConvCase):
+            return {}
+        if self.algorithm:
+            return {ph: {"algorithm": self.algorithm} for ph in ("forward", "backward")}
+        return {
+            ph: {"algorithm": alg}
+            for ph in ("forward", "backward")
+            if (alg := conv_algorithm_of(case, dtype, ph, self.backend)) is not None
+        }
+
+
+def conv_algorithm_of(case: ConvCase, dtype: str, direction: str, backend: str) -> str | None:
+    """The algorithm fastconv runs for ``case`` (``fastconv.conv_algorithm``), None where fastconv
+    has no such function (an older version) or cannot say."""
+    import fastconv
+
+    namer = getattr(fastconv, "conv_algorithm", None)
+    if namer is None:
+        return None
+    try:
+        return str(
+            namer(
+                case.x_shape,
+                case.w_shape,
+                case.stride,
+                case.pad,
+                1,
+                dtype,
+                direction=direction,
+                backend=backend,
+            )
+        )
+    except Exception:  # the name is a label in the report; the timing does not depend on it
+        return None
 
 
 def _device_sync(backend: str) -> Callable[[], None]:
@@ -101,41 +185,144 @@ def _device_sync(backend: str) -> Callable[[], None]:
     return sync
 
 
+# PyTorch variants: "eager", or "+"-joined options (in this order):
+#   channels_last  tensors (and, for a network, its weights) in channels-last memory format
+#   compile        torch.compile the network (mode "default"; the first warm-up call compiles)
+#   max-autotune   torch.compile the network with mode "max-autotune-no-cudagraphs"
+#   fused          the optimizer's fused implementation (Adam; RMSprop has none and stays foreach)
+#   no-mkldnn      oneDNN (mkldnn) off around every call: ATen's own kernels
+# compile / max-autotune / fused apply to the training steps only; channels_last and no-mkldnn to every case.
+TORCH_OPTIONS = ("channels_last", "compile", "max-autotune", "fused", "no-mkldnn")
+TORCH_VARIANTS = (
+    "eager",
+    "channels_last",
+    "compile",
+    "compile+channels_last",
+    "max-autotune",
+    "fused",
+    "channels_last+fused",
+    "compile+fused",
+    "no-mkldnn",
+)
+TORCH_DEFAULT_VARIANT = "best"
+# What "best" runs, per kind of case: the fastest variant measured on the reference machine (2-core
+# Xeon, AVX-512, torch 2.13 CPU, 2 threads).
+TORCH_BEST = {"conv": "channels_last", "pool": "channels_last", "train": "channels_last+fused"}
+
+
+def parse_torch_variants(text: str | None) -> list[str]:
+    """The variants named in a comma-separated list, each ``eager`` or options joined by ``+``
+    (:data:`TORCH_OPTIONS`), in canonical order; ``all`` names :data:`TORCH_VARIANTS`. Raises ValueError."""
+    if text is None or not text.strip():
+        return [TORCH_DEFAULT_VARIANT]
+    out: list[str] = []
+    for raw in text.split(","):
+        raw = raw.strip()
+        if not raw:
+            continue
+        if raw == "all":
+            out.extend(v for v in TORCH_VARIANTS if v not in out)
+            continue
+        if raw == "best":
+            if raw not in out:
+                out.append(raw)
+            continue
+        parts = {p.strip() for p in raw.split("+") if p.strip()} - {"eager"}
+        bad = parts - set(TORCH_OPTIONS)
+        if bad or ("compile" in parts and "max-autotune" in parts):
+            raise ValueError(
+                f"--torch-variant: unknown variant {raw!r}; give eager or options joined by '+' from "
+                f"{', '.join(TORCH_OPTIONS)} (compile and max-autotune exclusive), 'best' or 'all'"
+            )
+        name = "+".join(o for o in TORCH_OPTIONS if o in parts) or "eager"
+        if name not in out:
+            out.append(name)
+    return out or [TORCH_DEFAULT_VARIANT]
+
+
 class TorchPeer(Peer):
     """``torch.nn.functional`` / ATen on a device, the reference peer (never a fastconv dependency).
 
     On a CUDA device, TF32 is off unless ``tf32`` is True, so that PyTorch's convolutions and
     matrix products compute in true float32 as fastconv's do (PyTorch lets cuDNN use TF32 by
     default; CuPy's cuBLAS does not unless ``CUPY_TF32=1``). The setting is process-wide.
+
+    ``variant`` (see :func:`parse_torch_variants`) picks the memory format, ``torch.compile`` and
+    oneDNN settings; the peer is named ``torch`` (``torch-cuda``), or ``torch[variant]`` with ``tagged``
+    (several variants timed side by side).
     """
 
-    def __init__(self, device: str = "cpu", *, tf32: bool = False) -> None:
+    def __init__(
+        self,
+        device: str = "cpu",
+        *,
+        tf32: bool = False,
+        variant: str = TORCH_DEFAULT_VARIANT,
+        tagged: bool = False,
+    ) -> None:
         import torch
 
         self.torch = torch
         self.device = device
         self.tf32 = tf32
+        [self.variant] = parse_torch_variants(variant)
         cuda = device.startswith("cuda")
         if cuda:
             torch.backends.cudnn.allow_tf32 = tf32  # convolutions
             torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN's fastest algorithm, as users set it
             torch.set_float32_matmul_precision("high" if tf32 else "highest")  # matrix products
+        name = "torch" if device == "cpu" else f"torch-{device}"
         super().__init__(
-            name="torch" if device == "cpu" else f"torch-{device}",
+            name=f"{name}[{self.variant}]" if tagged else name,
             sync=torch.cuda.synchronize if cuda else _no_sync,
         )
+
+    def variant_for(self, case: Case) -> str:
+        """The variant this peer runs ``case`` in (``best`` resolved by :data:`TORCH_BEST`)."""
+        return TORCH_BEST[case.kind] if self.variant == "best" else self.variant
+
+    def info(self, case: Case, dtype: str) -> dict[str, dict[str, Any]]:
+        """``{"variant": ...}`` for every phase of ``case``."""
+        variant = self.variant_for(case)
+        return {ph: {"variant": variant} for ph in (STEP, "forward", "backward")}
+
+    @contextlib.contextmanager
+    def _flags(self, options: set[str]) -> Iterator[None]:
+        if "no-mkldnn" not in options:
+            yield
+            return
+        mkldnn: Any = self.torch.backends.mkldnn
+        before = mkldnn.enabled
+        mkldnn.enabled = False  # not mkldnn.flags(): that also sets oneDNN's TF32 flag, with a warning
+        try:
+            yield
+        finally:
+            mkldnn.enabled = before
+
+    def _wrap(self, fn: Callable[[], Any], options: set[str]) -> Callable[[], Any]:
+        if "no-mkldnn" not in options:
+            return fn
+
+        def call() -> Any:
+            with self._flags(options):
+                return fn()
+
+        return call
 
     def calls(self, case: Case, dtype: str) -> dict[str, Callable[[], Any]]:
         """``F.conv2d`` / ``aten.convolution_backward`` (dx, dW, db), ``aten.max_pool2d_with_indices``
         and its backward, or :meth:`train_step`."""
         torch = self.torch
         aten = torch.ops.aten
+        opts = set(self.variant_for(case).split("+")) - {"eager"}
+        fmt = torch.channels_last if "channels_last" in opts else torch.contiguous_format
 
         def dev(a: np.ndarray) -> Any:
-            return torch.from_numpy(a).to(self.device)
+            t = torch.from_numpy(a).to(self.device)
+            return t.contiguous(memory_format=fmt) if t.dim() == 4 else t
 
         if isinstance(case, TrainCase):
-            return {STEP: self.train_step(case, dtype)}
+            return {STEP: self._wrap(self.train_step(case, dtype), opts)}
         if isinstance(case, ConvCase):
             a = {k: dev(v) for k, v in conv_inputs(case, dtype).items()}
             s, p = [case.stride] * 2, [case.pad] * 2
@@ -150,21 +337,26 @@ class TorchPeer(Peer):
                     a["dout"], a["x"], a["W"], bias_sizes, s, p, [1, 1], False, [0, 0], 1, [True, True, True]
                 )
 
-            return {"forward": forward, "backward": backward}
+            return {"forward": self._wrap(forward, opts), "backward": self._wrap(backward, opts)}
 
         a = {k: dev(v) for k, v in pool_inputs(case, dtype).items()}
         k, s, p = [case.kernel] * 2, [case.stride] * 2, [case.pad] * 2
-        _, indices = aten.max_pool2d_with_indices(a["x"], k, s, p, [1, 1], False)
+        with self._flags(opts):
+            _, indices = aten.max_pool2d_with_indices(a["x"], k, s, p, [1, 1], False)
         return {
-            "forward": lambda: aten.max_pool2d_with_indices(a["x"], k, s, p, [1, 1], False),
-            "backward": lambda: aten.max_pool2d_with_indices_backward(
-                a["dout"], a["x"], k, s, p, [1, 1], False, indices
+            "forward": self._wrap(lambda: aten.max_pool2d_with_indices(a["x"], k, s, p, [1, 1], False), opts),
+            "backward": self._wrap(
+                lambda: aten.max_pool2d_with_indices_backward(
+                    a["dout"], a["x"], k, s, p, [1, 1], False, indices
+                ),
+                opts,
             ),
         }
 
     def train_step(self, case: TrainCase, dtype: str) -> Callable[[], Any]:
-        """The same network, loss and optimizer in PyTorch eager mode, one step per call."""
+        """The same network, loss and optimizer in PyTorch, one step per call, in this peer's variant."""
         torch = self.torch
+        options = set(self.variant_for(case).split("+")) - {"eager"}
         nn = torch.nn
         torch.manual_seed(0)
         if case.network == "simple":
@@ -193,23 +385,245 @@ class TorchPeer(Peer):
                 nn.Linear(64, 10),
             )
         model = model.to(device=self.device, dtype=getattr(torch, dtype))
+        channels_last = "channels_last" in options
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        fused: dict[str, Any] = {"fused": True} if "fused" in options else {}
         if case.optimizer == "adam":
-            optimizer: Any = torch.optim.Adam(model.parameters(), lr=0.001)
-        else:  # Keras' RMSprop defaults
+            optimizer: Any = torch.optim.Adam(model.parameters(), lr=0.001, **fused)
+        else:  # Keras' RMSprop defaults (RMSprop has no fused implementation)
             optimizer = torch.optim.RMSprop(model.parameters(), lr=0.001, alpha=0.9, eps=1e-7)
+        forward: Any = model
+        if "compile" in options:
+            forward = torch.compile(model)
+        elif "max-autotune" in options:
+            forward = torch.compile(model, mode="max-autotune-no-cudagraphs")
         data = train_inputs(case, dtype)
         x = torch.from_numpy(data["x"]).to(self.device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         labels = torch.from_numpy(data["t"].argmax(axis=1)).to(self.device)
         loss_fn = nn.CrossEntropyLoss()
 
         def step() -> Any:
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), labels)
+            loss = loss_fn(forward(x), labels)
             loss.backward()
             optimizer.step()
             return loss
 
         return step
+
+
+class JaxPeer(Peer):
+    """JAX on the CPU (``jax.jit``, never a fastconv dependency): each timed call is one compiled
+    function and waits for its result (``block_until_ready``).
+
+    conv: ``lax.conv_general_dilated`` (NCHW / OIHW) plus the bias; backward: ``jax.vjp`` of it, giving
+    dx, dW and db in one compiled call. pool: ``lax.reduce_window`` max; backward: its vjp (which
+    recomputes the forward: JAX keeps no argmax). training step: the same network, softmax
+    cross-entropy and optimizer (Adam for T1, RMSprop with Keras' rho 0.9 and eps 1e-7 for T2, lr 1e-3,
+    as :class:`TorchPeer`) as one jitted function whose parameter and optimizer buffers are donated.
+    JAX is imported on the first case (after :func:`apply_threads` has had its chance to size JAX's pool).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(name="jax")
+
+    def calls(self, case: Case, dtype: str) -> dict[str, Callable[[], Any]]:
+        """The jitted calls of ``case``."""
+        jax = start_jax()
+        import jax.numpy as jnp
+        from jax import lax
+
+        if dtype == "float64" and not jax.config.jax_enable_x64:
+            jax.config.update("jax_enable_x64", True)
+
+        def ready(fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
+            return lambda: jax.block_until_ready(fn(*args))
+
+        if isinstance(case, TrainCase):
+            return {STEP: _jax_train_step(case, dtype)}
+        if isinstance(case, ConvCase):
+            a = {k: jnp.asarray(v) for k, v in conv_inputs(case, dtype).items()}
+            s, p = case.stride, case.pad
+
+            def conv(x: Any, w: Any, b: Any) -> Any:
+                y = lax.conv_general_dilated(
+                    x,
+                    w,
+                    (s, s),
+                    [(p, p), (p, p)],
+                    rhs_dilation=(1, 1),
+                    dimension_numbers=("NCHW", "OIHW", "NCHW"),
+                )
+                return y + b[None, :, None, None]
+
+            def conv_backward(dout: Any, x: Any, w: Any, b: Any) -> Any:
+                _, vjp = jax.vjp(conv, x, w, b)
+                return vjp(dout)  # (dx, dW, db)
+
+            return {
+                "forward": ready(jax.jit(conv), a["x"], a["W"], a["b"]),
+                "backward": ready(jax.jit(conv_backward), a["dout"], a["x"], a["W"], a["b"]),
+            }
+        a = {k: jnp.asarray(v) for k, v in pool_inputs(case, dtype).items()}
+        k, s, p = case.kernel, case.stride, case.pad
+
+        def pool(x: Any) -> Any:
+            pads = ((0, 0), (0, 0), (p, p), (p, p))
+            return lax.reduce_window(x, -jnp.inf, lax.max, (1, 1, k, k), (1, 1, s, s), pads)
+
+        def pool_backward(dout: Any, x: Any) -> Any:
+            _, vjp = jax.vjp(pool, x)
+            return vjp(dout)[0]
+
+        return {
+            "forward": ready(jax.jit(pool), a["x"]),
+            "backward": ready(jax.jit(pool_backward), a["dout"], a["x"]),
+        }
+
+
+def _jax_train_step(case: TrainCase, dtype: str) -> Callable[[], Any]:
+    """One jitted training step of ``case``'s network in JAX (see :class:`JaxPeer`)."""
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    rng = np.random.default_rng(0)
+
+    def dense(fan_in: int, shape: tuple[int, ...]) -> Any:  # PyTorch's default init: U(-1/sqrt(fan_in), ..)
+        bound = 1 / np.sqrt(fan_in)
+        return jnp.asarray(rng.uniform(-bound, bound, shape).astype(dtype))
+
+    convs = [(30, 1, 5)] if case.network == "simple" else [(32, 1, 3), (64, 32, 3), (64, 64, 3)]
+    denses = [(30 * 12 * 12, 100), (100, 10)] if case.network == "simple" else [(576, 64), (64, 10)]
+    params: dict[str, Any] = {}
+    for i, (f, c, k) in enumerate(convs):
+        params[f"W{i}"] = dense(c * k * k, (f, c, k, k))
+        params[f"b{i}"] = dense(c * k * k, (f,))
+    for i, (n_in, n_out) in enumerate(denses):
+        params[f"A{i}"] = dense(n_in, (n_in, n_out))
+        params[f"c{i}"] = dense(n_in, (n_out,))
+
+    def pool(x: Any) -> Any:
+        return lax.reduce_window(x, -jnp.inf, lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
+
+    def net(q: dict[str, Any], x: Any) -> Any:
+        for i in range(len(convs)):
+            x = lax.conv_general_dilated(
+                x, q[f"W{i}"], (1, 1), "VALID", dimension_numbers=("NCHW", "OIHW", "NCHW")
+            )
+            x = jax.nn.relu(x + q[f"b{i}"][None, :, None, None])
+            if case.network == "simple" or i < 2:
+                x = pool(x)
+        x = x.reshape(x.shape[0], -1)
+        x = jax.nn.relu(x @ q["A0"] + q["c0"])
+        return x @ q["A1"] + q["c1"]
+
+    def loss_fn(q: dict[str, Any], x: Any, labels: Any) -> Any:
+        logp = jax.nn.log_softmax(net(q, x))
+        return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=1))
+
+    lr = 0.001
+
+    def zeros() -> Any:  # a fresh buffer each: donated buffers must be distinct
+        return jax.tree.map(jnp.zeros_like, params)
+
+    if case.optimizer == "adam":
+        b1, b2, eps = 0.9, 0.999, 1e-8
+        state: Any = (zeros(), zeros(), jnp.zeros((), dtype))
+
+        def update(q: Any, st: Any, g: Any) -> Any:
+            m, v, t = st
+            t = t + 1
+            m = jax.tree.map(lambda m_, g_: b1 * m_ + (1 - b1) * g_, m, g)
+            v = jax.tree.map(lambda v_, g_: b2 * v_ + (1 - b2) * g_ * g_, v, g)
+            c1, c2 = 1 - b1**t, 1 - b2**t
+            q = jax.tree.map(lambda p_, m_, v_: p_ - lr * (m_ / c1) / (jnp.sqrt(v_ / c2) + eps), q, m, v)
+            return q, (m, v, t)
+    else:  # RMSprop as torch.optim.RMSprop(lr=1e-3, alpha=0.9, eps=1e-7)
+        rho, eps = 0.9, 1e-7
+        state = zeros()
+
+        def update(q: Any, st: Any, g: Any) -> Any:
+            st = jax.tree.map(lambda s_, g_: rho * s_ + (1 - rho) * g_ * g_, st, g)
+            q = jax.tree.map(lambda p_, s_, g_: p_ - lr * g_ / (jnp.sqrt(s_) + eps), q, st, g)
+            return q, st
+
+    def _step(q: Any, st: Any, x: Any, labels: Any) -> Any:
+        loss, g = jax.value_and_grad(loss_fn)(q, x, labels)
+        q, st = update(q, st, g)
+        return q, st, loss
+
+    step_fn = jax.jit(_step, donate_argnums=(0, 1))
+    data = train_inputs(case, dtype)
+    x = jnp.asarray(data["x"])
+    labels = jnp.asarray(data["t"].argmax(axis=1))
+    held = [params, state]
+
+    def step() -> Any:
+        held[0], held[1], loss = step_fn(held[0], held[1], x, labels)
+        return jax.block_until_ready(loss)
+
+    return step
+
+
+# How JAX's CPU client was started: None until start_jax; then a dict saying how many cores it was given.
+_JAX_START: dict[str, Any] = {}
+
+
+def jax_available() -> bool:
+    """Whether ``jax`` is installed (without importing it: importing may start nothing, but keep it lazy)."""
+    return importlib.util.find_spec("jax") is not None
+
+
+def _jax_client_started() -> bool:
+    if "jax" not in sys.modules:
+        return False
+    try:
+        from jax._src import xla_bridge
+
+        return bool(getattr(xla_bridge, "_backends", {}))
+    except Exception:  # a private detail: when unsure, say it started
+        return True
+
+
+def start_jax(threads: int | None = None) -> Any:
+    """Import JAX and start its CPU client, with a pool of ``threads`` threads when given (see the module
+    docstring: the calling thread's CPU affinity narrowed to that many cores meanwhile); returns ``jax``.
+
+    Records in :data:`_JAX_START` how it went (``threads`` applied, or ``note`` when JAX had already started).
+    """
+    if _JAX_START:
+        import jax
+
+        if threads is not None and _JAX_START.get("threads") != threads:
+            _JAX_START["note"] = (
+                f"JAX's CPU client had already started with {_JAX_START.get('threads') or 'all'} core(s); "
+                f"--threads {threads} not applied to it"
+            )
+        return jax
+    narrowed = None
+    if threads is not None and not _jax_client_started() and hasattr(os, "sched_setaffinity"):
+        cores = sorted(os.sched_getaffinity(0))
+        if threads < len(cores):
+            narrowed = cores
+            os.sched_setaffinity(0, cores[:threads])
+    try:
+        import jax
+
+        already = _jax_client_started()
+        jax.devices("cpu")  # starts the CPU client: its pool is sized by this thread's affinity
+    finally:
+        if narrowed is not None:
+            os.sched_setaffinity(0, narrowed)
+    if threads is not None and already:
+        _JAX_START["note"] = (
+            f"JAX's CPU client had already started in this process; --threads {threads} not applied"
+        )
+    _JAX_START["threads"] = threads if not already else None
+    return jax
 
 
 def available_backends() -> list[str]:
@@ -234,9 +648,19 @@ def torch_devices() -> list[str]:
     return devices
 
 
-def make_peers(backends: str | None, *, no_torch: bool = False, tf32: bool = False) -> list[Peer]:
+def make_peers(
+    backends: str | None,
+    *,
+    no_torch: bool = False,
+    tf32: bool = False,
+    no_jax: bool = False,
+    torch_variants: Sequence[str] | None = None,
+    algorithms: Sequence[str] | None = None,
+) -> list[Peer]:
     """The fastconv backends named in the comma-separated ``backends`` (every available one when
-    None), then PyTorch on each of :func:`torch_devices` unless ``no_torch``.
+    None), then ``numba[ALG]`` for each of ``algorithms`` (fastconv's numba backend forced to that
+    convolution algorithm), then PyTorch on each of :func:`torch_devices` unless ``no_torch`` (one
+    peer per variant of ``torch_variants``), then JAX on the CPU when installed, unless ``no_jax``.
 
     Raises ValueError naming a backend that is not available here.
     """
@@ -244,19 +668,28 @@ def make_peers(backends: str | None, *, no_torch: bool = False, tf32: bool = Fal
         wanted = [b.strip() for b in backends.split(",") if b.strip()]
     else:
         wanted = available_backends()
-    available = available_backends() if any(not n.startswith("torch") for n in wanted) else []
+    needs_list = any(not n.startswith("torch") and n != "jax" for n in wanted) or bool(algorithms)
+    available = available_backends() if needs_list else []
     peers: list[Peer] = []
     for name in wanted:
-        if name.startswith("torch"):
-            continue  # PyTorch is a peer, added below
+        if name.startswith("torch") or name == "jax":
+            continue  # PyTorch and JAX are peers, added below
         if name not in available:
             raise ValueError(
                 f"--backends: backend {name!r} is not available here; available: {', '.join(available)} "
                 "(`fastconv info` says why a backend is missing)"
             )
         peers.append(FastconvPeer(name))
+    if algorithms:
+        if "numba" not in available:
+            raise ValueError("--algorithm times the numba backend, which is not available here")
+        peers.extend(FastconvPeer("numba", algorithm=alg) for alg in algorithms)
     if not no_torch:
-        peers.extend(TorchPeer(device, tf32=tf32) for device in torch_devices())
+        variants = list(torch_variants or [TORCH_DEFAULT_VARIANT])
+        for device in torch_devices():
+            peers.extend(TorchPeer(device, tf32=tf32, variant=v, tagged=len(variants) > 1) for v in variants)
+    if not no_jax and jax_available():
+        peers.append(JaxPeer())
     return peers
 
 
@@ -276,7 +709,7 @@ def apply_threads(n: int, peers: Sequence[Peer]) -> dict[str, Any]:
         applied["fastconv"] = fastconv.get_config()["threads"]
     except ValueError as exc:  # e.g. n above NUMBA_NUM_THREADS; nothing was changed
         applied["fastconv"] = f"not set: {exc}"
-    if any(p.name == "numba" for p in peers):
+    if any(p.name.startswith("numba") for p in peers):
         import numba
 
         applied["numba"] = numba.get_num_threads()
@@ -285,6 +718,9 @@ def apply_threads(n: int, peers: Sequence[Peer]) -> dict[str, Any]:
 
         torch.set_num_threads(n)
         applied["torch"] = torch.get_num_threads()
+    if any(isinstance(p, JaxPeer) for p in peers):
+        start_jax(n)
+        applied["jax"] = _JAX_START.get("note") or n
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=n)  # stays in force: a limiter only restores when used as a context manager

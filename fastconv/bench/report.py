@@ -2,7 +2,9 @@
 
 A run is a JSON-ready document (see ``fastconv.bench.main``) whose ``results`` hold one row per
 measurement: ``dtype``, ``shape``, ``what`` (the case described), ``peer``, ``phase``, and
-``median_ms`` / ``min_ms`` (None when the measurement failed, with ``error``).
+``median_ms`` / ``min_ms`` (None when the measurement failed, with ``error``, or when the peer cannot
+run the case, with ``note``), and for a fastconv convolution ``algorithm`` (what ran; shown in the
+cell, e.g. ``12.3 (1.00x) winograd``; ``fwd/bwd`` in the forward + backward table).
 """
 
 from __future__ import annotations
@@ -81,7 +83,10 @@ def machine_info(peers: Sequence[Peer]) -> dict[str, Any]:
         )
         or "unknown"
     )
-    versions = {d: _version(d) for d in ("fastconv", "numpy", "numba", "torch", "cupy", "threadpoolctl")}
+    versions = {
+        d: _version(d)
+        for d in ("fastconv", "numpy", "numba", "torch", "cupy", "jax", "jaxlib", "threadpoolctl")
+    }
     info["versions"] = {k: v for k, v in versions.items() if v is not None}
     gpus = []
     for peer in peers:
@@ -99,7 +104,7 @@ def machine_info(peers: Sequence[Peer]) -> dict[str, Any]:
             gpus.append(torch.cuda.get_device_name(0))
             info["torch_cuda"] = {"cudnn": torch.backends.cudnn.version(), "tf32": peer.tf32}
     info["gpu"] = sorted(set(gpus)) or "none"
-    info["backends"] = {p.name: _backend_info(p.name) for p in peers if isinstance(p, FastconvPeer)}
+    info["backends"] = {p.backend: _backend_info(p.backend) for p in peers if isinstance(p, FastconvPeer)}
     return info
 
 
@@ -114,13 +119,14 @@ def _backend_info(name: str) -> dict[str, str]:
         return {"error": repr(exc)}
 
 
-def _cell(ms: float | None, best: float | None, *, bold: bool) -> str:
+def _cell(ms: float | None, best: float | None, *, bold: bool, tag: str = "", missing: str = "error") -> str:
     if ms is None:
-        return "error"
+        return missing
     text = f"{ms:.3g} ({ms / best:.2f}x)" if best else f"{ms:.3g}"
     if ms >= 100:
         text = f"{ms:.0f} ({ms / best:.2f}x)" if best else f"{ms:.0f}"
-    return f"**{text}**" if bold else text
+    text = f"**{text}**" if bold else text
+    return f"{text} {tag}" if tag else text
 
 
 def tables(results: Sequence[dict[str, Any]], stat: str = "median") -> str:
@@ -137,18 +143,33 @@ def tables(results: Sequence[dict[str, Any]], stat: str = "median") -> str:
             lines = []
             for shape in shapes:
                 row: dict[str, float | None] = {}
+                tags: dict[str, str] = {}
+                missing: dict[str, str] = {}
                 for peer in peers:
                     parts = [index.get((dtype, shape, peer, ph)) for ph in phases]
                     if any(p is None for p in parts):
                         continue
                     values = [v for p in parts if p is not None and (v := p.get(f"{stat}_ms")) is not None]
                     row[peer] = sum(values) if len(values) == len(phases) else None
+                    algs = [str(p["algorithm"]) for p in parts if p is not None and p.get("algorithm")]
+                    if algs and peer.find("[") < 0:  # numba[winograd] names its algorithm already
+                        tags[peer] = algs[0] if len(set(algs)) == 1 else "/".join(algs)
+                    if any(p is not None and p.get("note") for p in parts):
+                        missing[peer] = "n/s"
                 if not row:
                     continue
                 valid = [v for v in row.values() if v is not None]
                 best = min(valid) if valid else None
                 cells = [
-                    _cell(row[p], best, bold=row[p] is not None and row[p] == best) if p in row else "-"
+                    _cell(
+                        row[p],
+                        best,
+                        bold=row[p] is not None and row[p] == best,
+                        tag=tags.get(p, ""),
+                        missing=missing.get(p, "error"),
+                    )
+                    if p in row
+                    else "-"
                     for p in peers
                 ]
                 lines.append(f"| {shape} | {what[shape]} | " + " | ".join(cells) + " |")
@@ -238,13 +259,26 @@ def render(doc: dict[str, Any], stat: str = "median") -> str:
     torch_cuda = (
         f" | torch-cuda: cuDNN {cuda['cudnn']}, TF32 {'on' if cuda['tf32'] else 'off'}" if cuda else ""
     )
+    variants = doc.get("torch_variants") or []
+    torch_variant = f" | torch variant: {', '.join(dict.fromkeys(variants))}" if variants else ""
+    if "best" in variants:  # what "best" ran, per kind of case, from the rows
+        ran = {
+            r["kind"]: r["variant"]
+            for r in doc["results"]
+            if r.get("variant") and r["peer"].startswith("torch")
+        }
+        if ran:
+            torch_variant += " (" + ", ".join(f"{k}: {v}" for k, v in ran.items()) + ")"
     header = (
         f"{doc['date']} | {machine['cpu']}, {machine['cores']} cores, GPU: {gpu} | BLAS: {machine['blas']} | "
-        f"threads: {threads} | {versions}{torch_cuda}\n\n"
+        f"threads: {threads} | {versions}{torch_cuda}{torch_variant}\n\n"
         f"Each cell: {stat} of {settings['repeat']} samples (peers interleaved, each sample >= "
         f"{settings['min_time'] * 1e3:.0f} ms) after {settings['warmup']} warm-up call(s).\n\n"
         f"`{doc['command']}`\n"
     )
+    notes = sorted({f"{r['peer']} {r['shape']}: {r['note']}" for r in doc["results"] if r.get("note")})
+    if notes:
+        header += "\nn/s (not supported): " + "; ".join(notes) + "\n"
     return header + "\n" + tables(doc["results"], stat)
 
 

@@ -24,6 +24,9 @@ of 1, many channels, ...) with fresh random data from ``seed``, moving arrays wi
 * values against :mod:`fastconv.testing.reference`: max|got - want| <= tol * max(1, max|want|) with
   tol from :data:`TOLERANCES` (float32 1e-5, float64 1e-12; override with ``tolerances=``); im2col and
   the max-pool forward must be exact; col2im must be the adjoint of the backend's im2col;
+* a backend that declares convolution ``algorithms`` has conv2d_forward and conv2d_backward checked
+  once per algorithm (``algorithm=name``) on every case its ``algorithm_support`` accepts, against
+  :data:`ALGORITHM_TOLERANCES` where an algorithm's stated error is larger (Winograd F(4x4,3x3));
 * shapes and dtypes of every result (argmax int32); ``conv2d_backward(..., need_dx=False)`` gives dx None;
 * max pooling: argmax is the first maximum in row-major window order, ties included, padding is -inf
   and NaN is the maximum; an argmax outside [0, kh*kw) (-1 and kh*kw) raises ValueError;
@@ -45,6 +48,7 @@ Your own cases are ``Case(name, x_shape, filters, kernel, stride, pad, dilation)
 from __future__ import annotations
 
 from fastconv.testing._backend_check import (
+    ALGORITHM_TOLERANCES,
     CASES,
     TOLERANCES,
     BackendCheckError,
@@ -57,6 +61,7 @@ from fastconv.testing._gradcheck import GradcheckError, GradcheckResult, gradche
 
 __all__ = [
     "CASES",
+    "ALGORITHM_TOLERANCES",
     "TOLERANCES",
     "BackendCheckError",
     "BackendReport",

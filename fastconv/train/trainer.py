@@ -20,7 +20,7 @@ import io
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -320,6 +320,29 @@ def _write_history(path: Path, history: list[dict[str, float]]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
+def _compile_ahead(backend: str | None, dtype: str) -> Callable[[], None]:
+    """On the first run on a machine (numba backend, empty kernel cache), compile the kernels a
+    training run needs in background processes while the data load; returns what waits for them."""
+    import fastconv
+
+    try:
+        with fastconv.use_backend(backend) if backend else contextlib.nullcontext():
+            name = fastconv.get_backend()
+        if name != "numba":
+            return lambda: None
+        nb = fastconv.get_backend_object("numba")
+    except (ValueError, RuntimeError):  # reported where the backend is used
+        return lambda: None
+    if not nb.cache_is_cold():
+        return lambda: None
+    print(
+        f"fastconv: first run here: compiling the numba kernels for {dtype} in the background while the "
+        f"data load (a few seconds, once; cached in {nb.runtime.CACHE_DIR})",
+        flush=True,
+    )
+    return nb.compile_ahead((dtype,), units=("gemm", "direct", "pool"))
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Train as the parsed ``args`` say; returns a summary dict (final accuracy, times, paths)."""
     import fastconv
@@ -331,9 +354,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ModuleNotFoundError(
             "the plots need matplotlib: pip install 'fastconv[examples]' (or --no-plots)"
         )
+    if args.dataset == "digits" and args.data is not None:
+        raise ValueError("--data is for --dataset mnist")
+    kernels_ready = _compile_ahead(args.backend, args.dtype)
     if args.dataset == "digits":
-        if args.data is not None:
-            raise ValueError("--data is for --dataset mnist")
         ds = load_digits_dataset()
     else:
         ds = load_mnist_dataset(args.data, download=True if args.download else None)
@@ -390,6 +414,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for row in history:
             print(_row(row))
         preds = None
+        kernels_ready()
         for result in loop.train(
             model,
             optimizer,

@@ -6,6 +6,8 @@ that needs them, and :func:`warmup` compiles all of them ahead of time.
 
 * ``ops.py``: the contract's six kernels (how each runs is described there);
 * ``kernels.py``: the compiled loops they call;
+* ``algorithms.py``: which convolution algorithm runs a shape (gemm, winograd, direct);
+* ``winograd.py``, ``direct.py``: those algorithms' kernels;
 * ``runtime.py``: cache directory, the thread pool, the compile notice.
 
 See :mod:`fastconv.backends` for the contract.
@@ -17,6 +19,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +27,8 @@ import numpy as np
 from fastconv._config import blas_description, settings
 from fastconv.backends._host_arrays import owns, to_device, to_host
 from fastconv.backends.numba import runtime
+from fastconv.backends.numba.algorithms import NAMES as algorithms
+from fastconv.backends.numba.algorithms import algorithm_support, choose_algorithm
 from fastconv.backends.numba.ops import (
     col2im,
     conv2d_backward,
@@ -34,6 +39,9 @@ from fastconv.backends.numba.ops import (
 )
 
 __all__ = [
+    "algorithm_support",
+    "algorithms",
+    "choose_algorithm",
     "col2im",
     "conv2d_backward",
     "conv2d_forward",
@@ -70,47 +78,91 @@ def info() -> dict[str, str]:
     }
 
 
-def _compile(group: str) -> None:
-    """Run every kernel of ``group`` ("conv", "pool" or "all") on tiny float32 and float64 inputs."""
+# What warmup compiles, in units of about equal compile time (two kernels each, about 1 s per kernel
+# and dtype on one core): name -> the kernels it runs on tiny inputs.
+UNITS = ("gemm", "pool", "winograd", "direct")
+
+
+def _compile(units: tuple[str, ...] | list[str], dtypes: tuple[str, ...] = ("float32", "float64")) -> None:
+    """Run the kernels of ``units`` (see :data:`UNITS`) on tiny inputs of each dtype."""
     runtime.announce = False  # compiling on purpose: the caller says so
     one, zero, two = (1, 1), (0, 0), (2, 2)
-    for dtype in (np.float32, np.float64):
-        rng = np.random.default_rng(0)
-        x = rng.standard_normal((2, 2, 5, 5)).astype(dtype)
-        if group in ("conv", "all"):
+    for unit in units:
+        for dtype in dtypes:
+            rng = np.random.default_rng(0)
+            x = rng.standard_normal((2, 2, 5, 5)).astype(dtype)
             W = rng.standard_normal((3, 2, 3, 3)).astype(dtype)
-            y = conv2d_forward(x, W, None, one, one, one)  # im2col_planes
-            conv2d_backward(y, x, W, one, one, one, True)  # col2im_planes
-        if group in ("pool", "all"):
-            y, am = maxpool2d_forward(x, 2, 2, two, zero, one)
-            maxpool2d_backward(y, am, x.shape, 2, 2, two, zero, one)
+            if unit == "pool":
+                y, am = maxpool2d_forward(x, 2, 2, two, zero, one)
+                maxpool2d_backward(y, am, x.shape, 2, 2, two, zero, one)
+                continue
+            algorithm = "winograd" if unit == "winograd" else unit
+            y = conv2d_forward(x, W, None, one, one, one, algorithm=algorithm)
+            conv2d_backward(y, x, W, one, one, one, True, algorithm=algorithm)
 
 
-def warmup(parallel: bool = True) -> float:
-    """Compile (or load from the cache) every kernel for float32 and float64; returns the seconds taken.
+# Compile cost of each unit per dtype, in seconds on one core of the 2-core test machine (measured
+# with an empty cache): used to share the units between processes.
+_UNIT_COST = {"gemm": 2.0, "pool": 2.0, "winograd": 2.0, "direct": 2.5}
 
-    With a cold cache and ``parallel``, a child process compiles the pooling kernels while this one
-    compiles the convolution kernels (numba compiles in one thread); this process then loads the
-    child's work from the cache.
+
+def cache_is_cold() -> bool:
+    """True when the kernel cache holds no compiled kernels of this fastconv and numba version."""
+    return not any(Path(runtime.CACHE_DIR).rglob("kernels.*.nbi"))
+
+
+def compile_ahead(
+    dtypes: tuple[str, ...] = ("float32", "float64"),
+    units: tuple[str, ...] = UNITS,
+    processes: int | None = None,
+) -> Callable[[], None]:
+    """Start compiling ``units`` for ``dtypes`` into the kernel cache in child processes (numba
+    compiles in one thread, so one process per core), when the cache is cold; returns the function
+    that waits for them. Nothing starts with a warm cache or with ``NUMBA_DISABLE_JIT``.
+
+    ``fastconv train`` calls it before loading its data, so the compilation runs while the data load.
     """
     import numba
 
-    from fastconv.backends.numba import kernels
+    if numba.config.DISABLE_JIT or not cache_is_cold():
+        return lambda: None
+    jobs = sorted(((u, dt) for u in units for dt in dtypes), key=lambda j: -_UNIT_COST.get(j[0], 2.0))
+    shares: list[list[tuple[str, str]]] = [
+        [] for _ in range(max(1, processes or min(os.cpu_count() or 1, 2)))
+    ]
+    for job in jobs:  # longest first, each to the least loaded process
+        min(shares, key=lambda sh: sum(_UNIT_COST.get(u, 2.0) for u, _ in sh)).append(job)
+    root = str(Path(__file__).resolve().parents[3])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    children = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                f"from fastconv.backends import numba as nb\nfor u, dt in {share!r}: nb._compile([u], (dt,))",
+            ],
+            env=env,
+        )
+        for share in shares
+        if share
+    ]
 
+    def wait() -> None:
+        for child in children:
+            child.wait()
+
+    return wait
+
+
+def warmup(parallel: bool = True, dtypes: tuple[str, ...] = ("float32", "float64")) -> float:
+    """Compile (or load from the cache) every kernel for ``dtypes``; returns the seconds taken.
+
+    With a cold cache and ``parallel``, child processes compile the kernels (one per core, see
+    :func:`compile_ahead`) and this process then loads them from the cache.
+    """
     runtime.announce = False  # compiling on purpose: `fastconv warmup` says so
     start = time.perf_counter()
-    if parallel and not numba.config.DISABLE_JIT and (os.cpu_count() or 1) > 1:
-        misses = len(kernels.im2col_planes.stats.cache_misses)
-        x = np.ones((1, 1, 2, 2), dtype=np.float32)
-        conv2d_forward(x, np.ones((1, 1, 1, 1), np.float32), None, (1, 1), (0, 0), (1, 1))
-        if len(kernels.im2col_planes.stats.cache_misses) > misses:  # compiled, not loaded: the cache is cold
-            root = str(Path(__file__).resolve().parents[3])
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
-            code = "from fastconv.backends import numba as nb; nb._compile('pool')"
-            child = subprocess.Popen([sys.executable, "-c", code], env=env)
-            try:
-                _compile("conv")
-            finally:
-                child.wait()
-    _compile("all")
+    if parallel:
+        compile_ahead(dtypes)()
+    _compile(UNITS, dtypes)
     return time.perf_counter() - start

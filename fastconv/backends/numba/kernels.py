@@ -289,7 +289,9 @@ def maxpool_forward(t0, t1, x, y, am, kh, kw, sh, sw, ph, pw, dh, dw, nan_aware)
 
 
 @njit(**_PLAIN)
-def maxpool_backward(t0, t1, dout, argmax, dx, gbits, dbits, kh, kw, sh, sw, ph, pw, dh, dw):  # pragma: no cover
+def maxpool_backward(
+    t0, t1, dout, argmax, dx, gbits, dbits, kh, kw, sh, sw, ph, pw, dh, dw
+):  # pragma: no cover
     """Write dx (N, C, H, W): each window's dout goes to the element its argmax names; planes t0..t1-1.
 
     ``gbits``, ``dbits`` are dout and dx viewed as same-size integers. 2x2 windows with stride 2

@@ -130,13 +130,36 @@ def _wide(p: int) -> bool:
     return p < WIDE_MAX_P
 
 
+def _winograd() -> Any:
+    with runtime.kernel_cache():
+        from fastconv.backends.numba import winograd
+    return winograd
+
+
+def _direct() -> Any:
+    with runtime.kernel_cache():
+        from fastconv.backends.numba import direct
+    return direct
+
+
 def conv2d_forward(
-    x: np.ndarray, W: np.ndarray, b: np.ndarray | None, stride: Pair, pad: Pair, dilation: Pair
+    x: np.ndarray,
+    W: np.ndarray,
+    b: np.ndarray | None,
+    stride: Pair,
+    pad: Pair,
+    dilation: Pair,
+    algorithm: str = "gemm",
 ) -> np.ndarray:
     """x: (N, C, H, W), W: (F, C, kh, kw), b: (F,) or None -> y: (N, F, OH, OW).
 
-    y[n] = [W2d | b] @ [col[n]; 1]: the bias rides in the GEMM as a row of ones under the columns.
+    "gemm": y[n] = [W2d | b] @ [col[n]; 1], the bias riding in the GEMM as a row of ones under the
+    columns. "winograd"/"winograd2" and "direct": :mod:`.winograd`, :mod:`.direct`.
     """
+    if algorithm in ("winograd", "winograd2"):
+        return _winograd().forward(x, W, b, pad, m=4 if algorithm == "winograd" else 2)
+    if algorithm == "direct":
+        return _direct().forward(x, W, b, stride, pad, dilation)
     x = np.ascontiguousarray(x)
     n = x.shape[0]
     f, c, kh, kw = W.shape
@@ -179,12 +202,20 @@ def conv2d_backward(
     pad: Pair,
     dilation: Pair,
     need_dx: bool = True,
+    algorithm: str = "gemm",
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """dout: (N, F, OH, OW) -> dx (N, C, H, W) or None, dW (F, C, kh, kw), db (F,).
 
-    [dW | db] = sum_n dout[n] @ [col[n]; 1].T (the row of ones sums dout for db in the same GEMM);
-    dx = col2im(W2d.T @ dout[n]).
+    "gemm": [dW | db] = sum_n dout[n] @ [col[n]; 1].T (the row of ones sums dout for db in the same
+    GEMM); dx = col2im(W2d.T @ dout[n]). "winograd"/"winograd2": :mod:`.winograd`. "direct": dx by
+    :func:`.direct.backward_dx` (no col2im), dW and db as "gemm".
     """
+    if algorithm in ("winograd", "winograd2"):
+        return _winograd().backward(dout, x, W, pad, need_dx=need_dx, m=4 if algorithm == "winograd" else 2)
+    if algorithm == "direct":
+        _, dW, db = conv2d_backward(dout, x, W, stride, pad, dilation, need_dx=False)
+        dx = _direct().backward_dx(dout, W, x.shape, stride, pad, dilation) if need_dx else None
+        return dx, dW, db
     x = np.ascontiguousarray(x)
     n = x.shape[0]
     f, c, kh, kw = W.shape
@@ -270,7 +301,17 @@ def maxpool2d_backward(
     bits = np.dtype(f"i{dout.itemsize}")  # same-size integer views, for the bit masks
     dout = np.ascontiguousarray(dout)
     bad = _maxpool_backward(
-        x_shape[0] * x_shape[1], dout, argmax, dx, dout.view(bits), dx.view(bits), kh, kw, *stride, *pad, *dilation
+        x_shape[0] * x_shape[1],
+        dout,
+        argmax,
+        dx,
+        dout.view(bits),
+        dx.view(bits),
+        kh,
+        kw,
+        *stride,
+        *pad,
+        *dilation,
     )
     if sum(bad):
         raise bad_argmax_error(argmax, kh * kw)

@@ -86,6 +86,7 @@ def kernel_cache() -> Iterator[None]:
 # threads
 # ----------------------------------------------------------------------------------------------
 
+
 def num_threads() -> int:
     """Threads for the kernels: ``fastconv.configure(threads=)``, else ``NUMBA_NUM_THREADS`` (numba's
     default: the cores this process may use)."""
@@ -106,8 +107,11 @@ def _workers(n: int) -> ThreadPoolExecutor:
     global _pool
     with _pool_lock:
         if _pool is None or _pool._max_workers < n:
-            old, _pool = _pool, ThreadPoolExecutor(
-                max_workers=n, thread_name_prefix="fastconv-numba", initializer=_mark_worker
+            old, _pool = (
+                _pool,
+                ThreadPoolExecutor(
+                    max_workers=n, thread_name_prefix="fastconv-numba", initializer=_mark_worker
+                ),
             )
             if old is not None:
                 old.shutdown(wait=False)

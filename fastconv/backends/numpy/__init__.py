@@ -1,6 +1,7 @@
 """The NumPy backend: vectorised NumPy kernels, GEMMs through NumPy's BLAS.
 
-The reference backend: always available, no compilation. The kernels are in ``ops.py``; see
+The reference backend: always available, no compilation. The kernels are in ``ops.py`` (the convolution
+algorithms beside it: ``winograd.py``, ``direct.py``, chosen by ``algorithms.py``); see
 :mod:`fastconv.backends` for the contract.
 """
 
@@ -10,6 +11,8 @@ import numpy as np
 
 from fastconv._config import blas_description
 from fastconv.backends._host_arrays import owns, to_device, to_host
+from fastconv.backends.numpy.algorithms import NAMES as algorithms
+from fastconv.backends.numpy.algorithms import algorithm_support, choose_algorithm
 from fastconv.backends.numpy.ops import (
     col2im,
     conv2d_backward,
@@ -20,6 +23,9 @@ from fastconv.backends.numpy.ops import (
 )
 
 __all__ = [
+    "algorithm_support",
+    "algorithms",
+    "choose_algorithm",
     "col2im",
     "conv2d_backward",
     "conv2d_forward",

@@ -118,9 +118,26 @@ def _columns_to_image(
 
 
 def conv2d_forward(
-    x: np.ndarray, W: np.ndarray, b: np.ndarray | None, stride: Pair, pad: Pair, dilation: Pair
+    x: np.ndarray,
+    W: np.ndarray,
+    b: np.ndarray | None,
+    stride: Pair,
+    pad: Pair,
+    dilation: Pair,
+    algorithm: str = "gemm",
 ) -> np.ndarray:
-    """x: (N, C, H, W), W: (F, C, kh, kw), b: (F,) -> y: (N, F, OH, OW) as one GEMM W2 @ cols."""
+    """x: (N, C, H, W), W: (F, C, kh, kw), b: (F,) -> y: (N, F, OH, OW).
+
+    "gemm": one GEMM W2 @ cols; "winograd"/"winograd2", "direct": :mod:`.winograd`, :mod:`.direct`.
+    """
+    if algorithm in ("winograd", "winograd2"):
+        from fastconv.backends.numpy import winograd
+
+        return winograd.forward(x, W, b, pad, m=4 if algorithm == "winograd" else 2)
+    if algorithm == "direct":
+        from fastconv.backends.numpy import direct
+
+        return direct.forward(x, W, b, stride, pad, dilation)
     n = x.shape[0]
     f, _, kh, kw = W.shape
     out_hw = conv_output_size(x.shape[2:], (kh, kw), stride, pad, dilation)
@@ -138,11 +155,24 @@ def conv2d_backward(
     pad: Pair,
     dilation: Pair,
     need_dx: bool = True,
+    algorithm: str = "gemm",
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """dout: (N, F, OH, OW) -> dx (N, C, H, W) or None, dW (F, C, kh, kw), db (F,).
 
-    With D = dout as (F, N*OH*OW): dW = (cols @ D.T).T and dcols = W2.T @ D, folded back by col2im.
+    "gemm": with D = dout as (F, N*OH*OW), dW = (cols @ D.T).T and dcols = W2.T @ D, folded back by
+    col2im. "winograd"/"winograd2": :mod:`.winograd`; "direct": dx by :func:`.direct.backward_dx`
+    (no col2im), dW and db as "gemm".
     """
+    if algorithm in ("winograd", "winograd2"):
+        from fastconv.backends.numpy import winograd
+
+        return winograd.backward(dout, x, W, pad, need_dx=need_dx, m=4 if algorithm == "winograd" else 2)
+    if algorithm == "direct":
+        from fastconv.backends.numpy import direct
+
+        _, dW, db = conv2d_backward(dout, x, W, stride, pad, dilation, need_dx=False)
+        dx = direct.backward_dx(dout, W, x.shape, stride, pad, dilation) if need_dx else None
+        return dx, dW, db
     n, f, oh, ow = dout.shape
     _, _, kh, kw = W.shape
     d2 = np.ascontiguousarray(dout.transpose(1, 0, 2, 3)).reshape(f, n * oh * ow)
