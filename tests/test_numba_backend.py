@@ -351,8 +351,9 @@ def test_shared_kernel_tests_pass_on_numba_under_numba_disable_jit():
 
 @pytest.mark.slow
 def test_cold_warmup_fills_an_empty_cache_that_a_fresh_process_then_loads(tmp_path):
-    """With an empty NUMBA_CACHE_DIR, warmup's child processes compile every kernel (one process per
-    core) and the parent loads them all from the cache; a fresh process then compiles nothing."""
+    """With an empty NUMBA_CACHE_DIR, warmup compiles every kernel, a share of them in a child process
+    (one process per core), the parent loading the child's from the cache; a fresh process then
+    compiles nothing."""
     code = (
         "import json\n"
         "from fastconv.backends import numba as nb\n"
@@ -365,7 +366,8 @@ def test_cold_warmup_fills_an_empty_cache_that_a_fresh_process_then_loads(tmp_pa
     )
     was_cold, cold_after, stats = json.loads(_run_in_fresh_python(code, NUMBA_CACHE_DIR=str(tmp_path)))
     assert was_cold and not cold_after
-    assert all(hits >= 2 for hits, _ in stats), stats  # float32 and float64, from the children's work
+    assert all(hits + misses >= 2 for hits, misses in stats), stats  # float32 and float64, compiled or loaded
+    assert any(hits for hits, _ in stats), stats  # some came from the child
     warm = json.loads(_run_in_fresh_python(code, NUMBA_CACHE_DIR=str(tmp_path)))
     assert not warm[0] and all(misses == 0 and hits >= 2 for hits, misses in warm[2]), warm
 

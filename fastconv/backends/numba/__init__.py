@@ -85,7 +85,14 @@ UNITS = ("gemm", "pool", "winograd", "direct")
 
 def _compile(units: tuple[str, ...] | list[str], dtypes: tuple[str, ...] = ("float32", "float64")) -> None:
     """Run the kernels of ``units`` (see :data:`UNITS`) on tiny inputs of each dtype."""
-    runtime.announce = False  # compiling on purpose: the caller says so
+    announce, runtime.announce = runtime.announce, False  # compiling on purpose: the caller says so
+    try:
+        _run_units(units, dtypes)
+    finally:
+        runtime.announce = announce
+
+
+def _run_units(units: tuple[str, ...] | list[str], dtypes: tuple[str, ...]) -> None:
     one, zero, two = (1, 1), (0, 0), (2, 2)
     for unit in units:
         for dtype in dtypes:
@@ -96,14 +103,14 @@ def _compile(units: tuple[str, ...] | list[str], dtypes: tuple[str, ...] = ("flo
                 y, am = maxpool2d_forward(x, 2, 2, two, zero, one)
                 maxpool2d_backward(y, am, x.shape, 2, 2, two, zero, one)
                 continue
-            algorithm = "winograd" if unit == "winograd" else unit
-            y = conv2d_forward(x, W, None, one, one, one, algorithm=algorithm)
-            conv2d_backward(y, x, W, one, one, one, True, algorithm=algorithm)
+            y = conv2d_forward(x, W, None, one, one, one, algorithm=unit)
+            if unit != "direct":  # direct's backward runs the gemm unit's kernels and its own forward kernel
+                conv2d_backward(y, x, W, one, one, one, True, algorithm=unit)
 
 
 # Compile cost of each unit per dtype, in seconds on one core of the 2-core test machine (measured
 # with an empty cache): used to share the units between processes.
-_UNIT_COST = {"gemm": 2.0, "pool": 2.0, "winograd": 2.0, "direct": 2.5}
+_UNIT_COST = {"gemm": 2.0, "pool": 2.0, "winograd": 2.0, "direct": 1.5}
 
 
 def cache_is_cold() -> bool:
@@ -116,11 +123,12 @@ def compile_ahead(
     units: tuple[str, ...] = UNITS,
     processes: int | None = None,
 ) -> Callable[[], None]:
-    """Start compiling ``units`` for ``dtypes`` into the kernel cache in child processes (numba
-    compiles in one thread, so one process per core), when the cache is cold; returns the function
-    that waits for them. Nothing starts with a warm cache or with ``NUMBA_DISABLE_JIT``.
+    """Compile ``units`` for ``dtypes`` into the kernel cache on ``processes`` cores (default: up to
+    2) when the cache is cold: the other processes' shares start now, in child processes (numba
+    compiles in one thread and holds the GIL); the returned function compiles this process's share
+    and waits for the children. Nothing happens with a warm cache or with ``NUMBA_DISABLE_JIT``.
 
-    ``fastconv train`` calls it before loading its data, so the compilation runs while the data load.
+    ``fastconv train`` calls it before loading its data, so the children compile while the data load.
     """
     import numba
 
@@ -132,26 +140,21 @@ def compile_ahead(
     ]
     for job in jobs:  # longest first, each to the least loaded process
         min(shares, key=lambda sh: sum(_UNIT_COST.get(u, 2.0) for u, _ in sh)).append(job)
+    here, others = shares[0], [share for share in shares[1:] if share]
     root = str(Path(__file__).resolve().parents[3])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
-    children = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                f"from fastconv.backends import numba as nb\nfor u, dt in {share!r}: nb._compile([u], (dt,))",
-            ],
-            env=env,
-        )
-        for share in shares
-        if share
-    ]
+    code = "from fastconv.backends import numba as nb\nfor u, dt in {!r}: nb._compile([u], (dt,))"
+    children = [subprocess.Popen([sys.executable, "-c", code.format(share)], env=env) for share in others]
 
-    def wait() -> None:
-        for child in children:
-            child.wait()
+    def finish() -> None:
+        try:
+            for unit, dtype in here:
+                _compile([unit], (dtype,))
+        finally:
+            for child in children:
+                child.wait()
 
-    return wait
+    return finish
 
 
 def warmup(parallel: bool = True, dtypes: tuple[str, ...] = ("float32", "float64")) -> float:

@@ -12,8 +12,13 @@ from fastconv.backends.numpy.winograd import supports as winograd_support
 
 NAMES = ("gemm", "winograd", "winograd2", "direct")
 
-# "direct" forward wins while C_in*kh*kw is at most this (the GEMM's K is too thin for BLAS below it).
+# "direct" forward wins while C_in*kh*kw is at most this (S1: 25, S2: 9): the GEMM's K is too thin for BLAS.
 DIRECT_MAX_TAPS = 32
+# Winograd F(4x4,3x3) wins for 3x3 stride-1 layers with at least this many output pixels per image and
+# input channels (S4 32x32 and S5 28x28 win by 1.2-1.7x over gemm, both dtypes, forward and backward);
+# on S3 (11x11 outputs) the tile waste and the transforms' fixed costs make it 2-3x slower than gemm.
+WINOGRAD_MIN_PIXELS = 256
+WINOGRAD_MIN_C = 16
 
 
 def algorithm_support(
@@ -40,8 +45,18 @@ def choose_algorithm(
     dilation: Pair,
     dtype: str,
 ) -> str:
-    """The algorithm "auto" runs (measured rules, see the module docstring)."""
+    """The algorithm "auto" runs (measured rules, see the constants above).
+
+    forward: "direct" for few taps, else "winograd" for big-enough 3x3 stride-1 layers, else "gemm";
+    backward: "winograd" where the forward would take it, else "gemm" (the col2im-free dx of "direct"
+    ties "gemm" at best, see fastconv/backends/numba/direct.py).
+    """
     f, c, kh, kw = W_shape
     if direction == "forward" and c * kh * kw <= DIRECT_MAX_TAPS:
         return "direct"
+    oh = x_shape[2] + 2 * pad[0] - dilation[0] * (kh - 1) - 1
+    ow = x_shape[3] + 2 * pad[1] - dilation[1] * (kw - 1) - 1
+    big = (oh // stride[0] + 1) * (ow // stride[1] + 1) >= WINOGRAD_MIN_PIXELS and c >= WINOGRAD_MIN_C
+    if big and winograd_support(W_shape, stride, dilation) is None:
+        return "winograd"
     return "gemm"

@@ -147,13 +147,16 @@ class _SingleThreadedBlas:
         self._lock = threading.Lock()
         self._inside = 0
         self._limiter: Any = None
+        self._controller: Any = None
 
     def __enter__(self) -> None:
         with self._lock:
             if self._inside == 0:
-                from threadpoolctl import ThreadpoolController
+                if self._controller is None:  # finding the loaded libraries costs 0.6 ms: once
+                    from threadpoolctl import ThreadpoolController
 
-                self._limiter = ThreadpoolController().select(user_api="blas").limit(limits=1)
+                    self._controller = ThreadpoolController()
+                self._limiter = self._controller.select(user_api="blas").limit(limits=1)
             self._inside += 1
 
     def __exit__(self, *exc: object) -> None:
