@@ -108,7 +108,7 @@ def warmup(argv: Sequence[str]) -> int:
             continue
         print(
             f"{name}: compiling every kernel for float32 and float64 "
-            "(about 20 s on 2 cores the first time; later runs load numba's on-disk cache)",
+            "(12-14 s on 2 cores the first time; later runs load numba's on-disk cache)",
             flush=True,
         )
         start = time.perf_counter()

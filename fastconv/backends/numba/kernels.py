@@ -214,78 +214,78 @@ def maxpool_forward(t0, t1, x, y, am, kh, kw, sh, sw, ph, pw, dh, dw, nan_aware)
         hlo, hhi = 0, 0
     k22 = kh == 2 and kw == 2 and dh == 1 and dw == 1
     k33 = kh == 3 and kw == 3 and dh == 1 and dw == 1
+    # Flat indices into x, y, am: with a view per row this serial loop took 2.8 ms on P1 against 1.5
+    # (one thread; the backward below measured the other way round, 0.85 ms with row views, 2.5 flat).
+    xf = x.reshape(x.size)
+    yf = y.reshape(y.size)
+    af = am.reshape(am.size)
     for t in range(t0, t1):
-        n = t // c_n
-        c = t % c_n
-        plane = x[n, c]
-        yp = y[n, c]
-        ap = am[n, c]
+        xb = t * h_n * w_n  # plane t = (n, c) of x, y, am
+        yb = t * oh_n * ow_n
+        plane = x[t // c_n, t % c_n]
         for oh in range(oh_n):
             # window (oh, ow) covers xpad[n, c, oh*sh + i*dh, ow*sw + j*dw]
             h0 = oh * sh - ph
-            yr = yp[oh]
-            ar = ap[oh]
+            yo = yb + oh * ow_n
             a, b = (lo, hi) if hlo <= oh < hhi and (k22 or k33) else (0, 0)
             for ow in range(0, a):
-                yr[ow], ar[ow] = _window_max(plane, h0, ow * sw - pw, kh, kw, dh, dw, ninf)
+                yf[yo + ow], af[yo + ow] = _window_max(plane, h0, ow * sw - pw, kh, kw, dh, dw, ninf)
             for ow in range(max(a, b), ow_n):
-                yr[ow], ar[ow] = _window_max(plane, h0, ow * sw - pw, kh, kw, dh, dw, ninf)
+                yf[yo + ow], af[yo + ow] = _window_max(plane, h0, ow * sw - pw, kh, kw, dh, dw, ninf)
             if b <= a:
                 continue
             # windows a..b lie inside x and x holds no NaN: plain compares, written out (an
             # unrolled-by-inlining version of this loop came back from numba's cache as slower code)
-            r0 = plane[h0]
-            r1 = plane[h0 + 1]
+            r0 = xb + h0 * w_n - pw  # window (i, j) of (oh, ow) = xf[r0 + i*W + ow*sw + j]
+            r1 = r0 + w_n
             if k22:
                 for ow in range(a, b):
-                    # window (i, j) = x[n, c, h0 + i, w0 + j], w0 = ow*sw - pw
-                    w0 = ow * sw - pw
-                    best = r0[w0]
+                    w0 = ow * sw
+                    best = xf[r0 + w0]
                     bi = 0
-                    v = r0[w0 + 1]
+                    v = xf[r0 + w0 + 1]
                     if v > best:
                         best, bi = v, 1
-                    v = r1[w0]
+                    v = xf[r1 + w0]
                     if v > best:
                         best, bi = v, 2
-                    v = r1[w0 + 1]
+                    v = xf[r1 + w0 + 1]
                     if v > best:
                         best, bi = v, 3
-                    yr[ow] = best
-                    ar[ow] = bi
+                    yf[yo + ow] = best
+                    af[yo + ow] = bi
             else:
-                r2 = plane[h0 + 2]
+                r2 = r1 + w_n
                 for ow in range(a, b):
-                    # window (i, j) = x[n, c, h0 + i, w0 + j], w0 = ow*sw - pw
-                    w0 = ow * sw - pw
-                    best = r0[w0]
+                    w0 = ow * sw
+                    best = xf[r0 + w0]
                     bi = 0
-                    v = r0[w0 + 1]
+                    v = xf[r0 + w0 + 1]
                     if v > best:
                         best, bi = v, 1
-                    v = r0[w0 + 2]
+                    v = xf[r0 + w0 + 2]
                     if v > best:
                         best, bi = v, 2
-                    v = r1[w0]
+                    v = xf[r1 + w0]
                     if v > best:
                         best, bi = v, 3
-                    v = r1[w0 + 1]
+                    v = xf[r1 + w0 + 1]
                     if v > best:
                         best, bi = v, 4
-                    v = r1[w0 + 2]
+                    v = xf[r1 + w0 + 2]
                     if v > best:
                         best, bi = v, 5
-                    v = r2[w0]
+                    v = xf[r2 + w0]
                     if v > best:
                         best, bi = v, 6
-                    v = r2[w0 + 1]
+                    v = xf[r2 + w0 + 1]
                     if v > best:
                         best, bi = v, 7
-                    v = r2[w0 + 2]
+                    v = xf[r2 + w0 + 2]
                     if v > best:
                         best, bi = v, 8
-                    yr[ow] = best
-                    ar[ow] = bi
+                    yf[yo + ow] = best
+                    af[yo + ow] = bi
 
 
 @njit(**_PLAIN)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import itertools
 import os
 import sys
 import tempfile
@@ -118,24 +119,43 @@ def _workers(n: int) -> ThreadPoolExecutor:
         return _pool
 
 
+# Shares per thread: more than one, so that a thread the VM pauses (or a slower share) holds up the
+# others by one small share at most; the threads take the next share as they finish one.
+SHARES_PER_THREAD = 4
+
+
 def parallel_for(kernel: Callable[..., Any], total: int, *args: Any, threads: int | None = None) -> list[Any]:
-    """Run ``kernel(t0, t1, *args)`` over ``[0, total)`` in contiguous shares, one per thread, and
-    return the shares' results in order. The calling thread runs the first share; a call from inside
-    a share runs serially (a pool thread waiting on the pool could deadlock it)."""
+    """Run ``kernel(t0, t1, *args)`` over ``[0, total)`` in contiguous shares and return the shares'
+    results in share order. The shares (:data:`SHARES_PER_THREAD` per thread, fixed by ``total`` and
+    the thread count) go to whichever thread is free next, the calling thread included; results do
+    not depend on which thread ran a share. A call from inside a share runs serially (a pool thread
+    waiting on the pool could deadlock it)."""
     n = min(threads or num_threads(), total)
     if n <= 1 or getattr(_in_pool, "worker", False):
         return [kernel(0, total, *args)]
-    cuts = [total * t // n for t in range(n + 1)]
-    pool = _workers(n - 1)
-    futures = [pool.submit(kernel, cuts[t], cuts[t + 1], *args) for t in range(1, n)]
-    try:
-        first = kernel(cuts[0], cuts[1], *args)
-    finally:  # every share finishes before the caller sees its arrays (or an error)
-        rest = [f.exception() or f.result() for f in futures]
-    for r in rest:
-        if isinstance(r, BaseException):
-            raise r
-    return [first, *rest]
+    k = min(total, n * SHARES_PER_THREAD)
+    cuts = [total * i // k for i in range(k + 1)]
+    results: list[Any] = [None] * k
+    taken = itertools.count()  # next() on it is atomic: each share is taken once
+    failed: list[BaseException] = []
+
+    def drain() -> None:
+        for i in iter(lambda: next(taken), None):
+            if i >= k or failed:
+                return
+            try:
+                results[i] = kernel(cuts[i], cuts[i + 1], *args)
+            except BaseException as exc:  # noqa: BLE001 - re-raised by the caller below
+                failed.append(exc)
+                return
+
+    futures = [_workers(n - 1).submit(drain) for _ in range(n - 1)]
+    drain()
+    for f in futures:  # every share finishes before the caller sees its arrays (or an error)
+        f.result()
+    if failed:
+        raise failed[0]
+    return results
 
 
 class _SingleThreadedBlas:
