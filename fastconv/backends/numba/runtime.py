@@ -124,16 +124,23 @@ def _workers(n: int) -> ThreadPoolExecutor:
 SHARES_PER_THREAD = 4
 
 
-def parallel_for(kernel: Callable[..., Any], total: int, *args: Any, threads: int | None = None) -> list[Any]:
+def parallel_for(
+    kernel: Callable[..., Any],
+    total: int,
+    *args: Any,
+    threads: int | None = None,
+    per_thread: int = SHARES_PER_THREAD,
+) -> list[Any]:
     """Run ``kernel(t0, t1, *args)`` over ``[0, total)`` in contiguous shares and return the shares'
-    results in share order. The shares (:data:`SHARES_PER_THREAD` per thread, fixed by ``total`` and
-    the thread count) go to whichever thread is free next, the calling thread included; results do
-    not depend on which thread ran a share. A call from inside a share runs serially (a pool thread
-    waiting on the pool could deadlock it)."""
+    results in share order. The shares (``per_thread`` per thread, fixed by ``total`` and the thread
+    count) go to whichever thread is free next, the calling thread included; results do not depend
+    on which thread ran a share. A call from inside a share runs serially (a pool thread waiting on
+    the pool could deadlock it). Kernels that return a large partial result per share (a partial
+    gradient) pass ``per_thread=1``."""
     n = min(threads or num_threads(), total)
     if n <= 1 or getattr(_in_pool, "worker", False):
         return [kernel(0, total, *args)]
-    k = min(total, n * SHARES_PER_THREAD)
+    k = min(total, n * max(1, per_thread))
     cuts = [total * i // k for i in range(k + 1)]
     results: list[Any] = [None] * k
     taken = itertools.count()  # next() on it is atomic: each share is taken once

@@ -280,7 +280,8 @@ def backward(
     th, tw = -(-oh // m), -(-ow // m)
     step = _chunk(n, th * tw)
     with runtime.single_threaded_blas:
-        parts = runtime.parallel_for(_dw_share, n, x, dout, ph, pw, m, th, tw, step)
+        # one share per thread: each returns a partial dU of (alpha**2, F, C), summed in share order
+        parts = runtime.parallel_for(_dw_share, n, x, dout, ph, pw, m, th, tw, step, per_thread=1)
     dU = parts[0]
     for p in parts[1:]:
         dU += p
