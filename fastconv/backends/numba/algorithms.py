@@ -8,9 +8,12 @@ the caller); ``choose_algorithm`` is about speed: rules measured on a 2-core x86
 from __future__ import annotations
 
 from fastconv._shapes import Pair
+
+# the same algorithms as the NumPy backend's twins, so the same shapes they can run
+from fastconv.backends.numpy.algorithms import NAMES, algorithm_support
 from fastconv.backends.numpy.winograd import supports as winograd_support
 
-NAMES = ("gemm", "winograd", "winograd2", "direct")
+__all__ = ["NAMES", "algorithm_support", "choose_algorithm"]
 
 # "direct" forward wins while C_in*kh*kw is at most this (S1: 25, S2: 9): the GEMM's K is too thin for BLAS.
 DIRECT_MAX_TAPS = 32
@@ -19,21 +22,6 @@ DIRECT_MAX_TAPS = 32
 # on S3 (11x11 outputs) the tile waste and the transforms' fixed costs make it 2-3x slower than gemm.
 WINOGRAD_MIN_PIXELS = 256
 WINOGRAD_MIN_C = 16
-
-
-def algorithm_support(
-    name: str,
-    direction: str,
-    x_shape: tuple[int, ...],
-    W_shape: tuple[int, ...],
-    stride: Pair,
-    pad: Pair,
-    dilation: Pair,
-) -> str | None:
-    """None when ``name`` can compute this convolution, else why not ("gemm" and "direct" run every shape)."""
-    if name in ("winograd", "winograd2"):
-        return winograd_support(W_shape, stride, dilation)
-    return None
 
 
 def choose_algorithm(

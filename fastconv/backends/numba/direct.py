@@ -29,6 +29,7 @@ from numba import njit
 
 from fastconv._shapes import Pair, conv_output_size
 from fastconv.backends.numba import ops, runtime
+from fastconv.backends.numpy.direct import _axis_phases  # pure Python, shared with the twin
 
 # The direct kernel handles any C_in; up to this many input channels it is the forward to use (on
 # this machine's measurements it also beat the numba GEMM on S4, C = 64, but not on S3, C = 32).
@@ -199,32 +200,6 @@ def forward(
 # ----------------------------------------------------------------------------------------------
 # dx
 # ----------------------------------------------------------------------------------------------
-
-
-def _axis_phases(size: int, k: int, s: int, p: int, d: int) -> list[tuple[int, list[int], int, int, int]]:
-    """Per residue r of dx rows h = s*u + r (u < U): (r, taps, pad, dil, U).
-
-    dx[s*u + r] = sum_m dout[u - pad + m*dil] * W[taps[m]] (the flipped sub-kernel, stride 1):
-    taps are the i with (r + p - i*d) % s == 0, in decreasing order; dout row u + e_i with
-    e_i = (r + p - i*d) / s; consecutive taps differ by dil = d / gcd(d, s) in e.
-    """
-    phases = []
-    for r in range(min(s, size)):
-        u_n = (size - r + s - 1) // s
-        taps = [i for i in range(k - 1, -1, -1) if (r + p - i * d) % s == 0]
-        if not taps:
-            phases.append((r, taps, 0, 1, u_n))
-            continue
-        e0 = (r + p - taps[0] * d) // s  # smallest e: the first tap of the flipped sub-kernel
-        dil = (taps[0] - taps[1]) * d // s if len(taps) > 1 else 1
-        phases.append((r, taps, -e0, dil, u_n))
-    return phases
-
-
-def supports_dx(W_shape, stride: Pair, dilation: Pair) -> str | None:
-    """None: :func:`backward_dx` handles every padding with these filters, strides and dilations."""
-    del W_shape, stride, dilation
-    return None
 
 
 def _gemm_phase(dout, wsub, dx, out_hw, pad, dil, k, y_off, y_step) -> None:

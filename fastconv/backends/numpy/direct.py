@@ -65,12 +65,6 @@ def _axis_phases(size: int, k: int, s: int, p: int, d: int) -> list[tuple[int, l
     return phases
 
 
-def supports_dx(W_shape, stride: Pair, dilation: Pair) -> str | None:
-    """None: :func:`backward_dx` handles every padding with these filters, strides and dilations."""
-    del W_shape, stride, dilation
-    return None
-
-
 def _shifted(dout: np.ndarray, pads: tuple[int, int], sizes: tuple[int, int]) -> np.ndarray:
     """d[n, f, v, q] = dout[n, f, v - pads[0], q - pads[1]] (0 outside dout), shape (N, F, *sizes)."""
     n, f, oh, ow = dout.shape
