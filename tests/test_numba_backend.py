@@ -390,3 +390,28 @@ def test_kernels_run_from_several_python_threads_at_once():
         "print(len(bad))\n"
     )
     assert _run_in_fresh_python(code).strip() == "0"
+
+
+@pytest.mark.slow
+def test_a_first_call_that_compiles_says_so_once_and_a_cached_one_says_nothing(tmp_path):
+    code = (
+        "import sys, numpy as np, fastconv\n"
+        "x, W = np.ones((2, 4, 10, 10), np.float32), np.ones((4, 4, 3, 3), np.float32)\n"
+        "for algorithm in ('winograd', 'direct', 'gemm'):\n"
+        "    fastconv.conv2d(x, W, None, 1, 1, backend='numba', algorithm=algorithm)\n"
+        "print('done', file=sys.stderr)\n"
+    )
+    runs = []
+    for _ in range(2):
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONPATH": str(ROOT), "NUMBA_CACHE_DIR": str(tmp_path)},
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=ROOT,
+        )
+        assert done.returncode == 0, done.stderr
+        runs.append(done.stderr)
+    assert runs[0].count("numba is compiling") == 1, runs[0]  # once per process, however many kernels
+    assert "numba is compiling" not in runs[1], runs[1]

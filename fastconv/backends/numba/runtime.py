@@ -207,27 +207,37 @@ COMPILE_NOTICE_S = 1.0
 announce = True  # False while warmup compiles on purpose (it says so itself)
 
 
+_first_calls: set[tuple[str, str]] = set()
+
+
+@contextlib.contextmanager
+def compile_notice(key: str, dtype: str) -> Iterator[None]:
+    """Around the first call of ``key`` per dtype: if it takes longer than :data:`COMPILE_NOTICE_S`
+    (numba is compiling; a cache load takes a fraction of it), say so on stderr, once per process."""
+    if (key, dtype) in _first_calls or not announce:
+        yield
+        return
+    timer = threading.Timer(COMPILE_NOTICE_S, _say_compiling, (dtype,))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        _first_calls.add((key, dtype))
+
+
 class Announced:
     """A numba kernel over work items ``[t0, t1)``, called as ``kernel(total, *args)`` and run by
-    :func:`parallel_for` (its shares' results come back as a list). Its first call per dtype, if it
-    takes longer than :data:`COMPILE_NOTICE_S`, says on stderr that numba is compiling."""
+    :func:`parallel_for` (its shares' results come back as a list), inside :func:`compile_notice`."""
 
     def __init__(self, kernel: Any) -> None:
         self.kernel = kernel
-        self._ready: set[str] = set()
 
     def __call__(self, total: int, *args: Any) -> list[Any]:
         dtype = args[0].dtype.name  # every kernel's first array argument has the compute dtype
-        if dtype in self._ready or not announce:
+        with compile_notice(self.kernel.__name__, dtype):
             return parallel_for(self.kernel, total, *args)
-        timer = threading.Timer(COMPILE_NOTICE_S, _say_compiling, (dtype,))
-        timer.daemon = True
-        timer.start()
-        try:
-            return parallel_for(self.kernel, total, *args)
-        finally:
-            timer.cancel()
-            self._ready.add(dtype)
 
 
 def _say_compiling(dtype: str) -> None:

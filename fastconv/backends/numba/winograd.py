@@ -213,7 +213,7 @@ def _conv(x, U, b, ph, pw, oh, ow, m):
     y = np.empty((n, f, oh, ow), dtype=x.dtype)
     bias = np.zeros(f, dtype=x.dtype) if b is None else np.ascontiguousarray(b, dtype=x.dtype)
     step = _chunk(n, th * tw)
-    with runtime.single_threaded_blas:
+    with runtime.compile_notice("winograd", x.dtype.name), runtime.single_threaded_blas:
         runtime.parallel_for(_conv_share, n, x, U, bias, ph, pw, m, th, tw, step, y)
     return y
 
