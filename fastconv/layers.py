@@ -264,7 +264,9 @@ class Convolution:
     """Convolution layer: x (N, C, H, W), W (F, C, FH, FW), b (F,) -> (N, F, OH, OW).
 
     OH = (H + 2*pad - dilation*(FH - 1) - 1) // stride + 1 (OW likewise). ``algorithm`` (None:
-    the process setting, "auto" by default) as in :func:`fastconv.conv2d`.
+    the process setting, "auto" by default) as in :func:`fastconv.conv2d`. ``need_dx=False`` (the
+    first layer of a network, whose input needs no gradient): ``backward`` computes dW and db only
+    and returns None.
     """
 
     def __init__(
@@ -276,6 +278,7 @@ class Convolution:
         *,
         dilation: IntOrPair = 1,
         algorithm: str | None = None,
+        need_dx: bool = True,
         backend: str | None = None,
     ) -> None:
         self.W = W
@@ -284,6 +287,7 @@ class Convolution:
         self.pad = pad
         self.dilation = dilation
         self.algorithm = algorithm
+        self.need_dx = need_dx
         self.backend = backend
         self.x = None
         self.dW = None
@@ -311,6 +315,7 @@ class Convolution:
             self.stride,
             self.pad,
             self.dilation,
+            need_dx=self.need_dx,
             algorithm=self.algorithm,
             _layer_backend=self.backend,
         )

@@ -87,6 +87,29 @@ def test_pooling_accepts_the_books_transposed_views(on, rng):
     np.testing.assert_array_equal(on.host(Pooling(2, 2).forward(on(x))), ref.BookPooling(2, 2).forward(x))
 
 
+def test_a_first_layer_convolution_skips_dx_and_gives_the_same_parameter_gradients(on, rng):
+    x, W, b = rng.standard_normal((3, 1, 9, 9)), rng.standard_normal((4, 1, 3, 3)), rng.standard_normal(4)
+    dout = rng.standard_normal((3, 4, 7, 7))
+    full, first = Convolution(*on(W, b)), Convolution(*on(W, b), need_dx=False)
+    full.forward(on(x))
+    first.forward(on(x))
+    assert full.backward(on(dout)) is not None and first.backward(on(dout)) is None
+    np.testing.assert_allclose(on.host(first.dW), on.host(full.dW), rtol=1e-12)
+    np.testing.assert_allclose(on.host(first.db), on.host(full.db), rtol=1e-12)
+
+
+def test_the_networks_first_convolution_computes_no_dx():
+    from fastconv.train.keras import mnist_cnn
+    from fastconv.train.networks import SimpleConvNet
+
+    assert SimpleConvNet(input_dim=(1, 8, 8), backend="numpy").layers["Conv1"].need_dx is False
+    model = mnist_cnn(backend="numpy", seed=0)
+    model.compile(optimizer="rmsprop", loss="categorical_crossentropy")
+    model.build()
+    convs = [layer.layer for layer in model.layers if isinstance(getattr(layer, "layer", None), Convolution)]
+    assert [c.need_dx for c in convs] == [False] + [True] * (len(convs) - 1)
+
+
 def test_convolution_accepts_a_scalar_bias_and_gives_a_scalar_db(on, rng):
     x, W = rng.standard_normal((2, 1, 5, 5)), rng.standard_normal((3, 1, 3, 3))
     conv = Convolution(on(W), 0.5)

@@ -115,7 +115,10 @@ class SimpleConvNet:
         }
 
         self.layers: OrderedDict[str, Any] = OrderedDict()
-        self.layers["Conv1"] = Convolution(self.params["W1"], self.params["b1"], stride, pad, backend=backend)
+        # the input needs no gradient: the first layer's backward skips dx (and col2im)
+        self.layers["Conv1"] = Convolution(
+            self.params["W1"], self.params["b1"], stride, pad, need_dx=False, backend=backend
+        )
         self.layers["Relu1"] = Relu()
         self.layers["Pool1"] = Pooling(pool_h=2, pool_w=2, stride=2, backend=backend)
         self.layers["Affine1"] = Affine(self.params["W2"], self.params["b2"])

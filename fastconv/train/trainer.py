@@ -320,7 +320,7 @@ def _write_history(path: Path, history: list[dict[str, float]]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
-def _compile_ahead(backend: str | None, dtype: str) -> Callable[[], None]:
+def _compile_ahead(backend: str | None, dtype: str, model: str) -> Callable[[], None]:
     """On the first run on a machine (numba backend, empty kernel cache), compile the kernels a
     training run needs in background processes while the data load; returns what waits for them."""
     import fastconv
@@ -340,7 +340,9 @@ def _compile_ahead(backend: str | None, dtype: str) -> Callable[[], None]:
         f"data load (a few seconds, once; cached in {nb.runtime.CACHE_DIR})",
         flush=True,
     )
-    return nb.compile_ahead((dtype,), units=("gemm", "direct", "pool"))
+    # SimpleConvNet's one conv layer computes no dx (it is the first): no col2im to compile
+    units = ("gemm", "direct", "pool") + (() if model == "simple" else ("col2im",))
+    return nb.compile_ahead((dtype,), units=units)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -356,7 +358,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
     if args.dataset == "digits" and args.data is not None:
         raise ValueError("--data is for --dataset mnist")
-    kernels_ready = _compile_ahead(args.backend, args.dtype)
+    kernels_ready = _compile_ahead(args.backend, args.dtype, args.model)
     if args.dataset == "digits":
         ds = load_digits_dataset()
     else:

@@ -78,9 +78,9 @@ def info() -> dict[str, str]:
     }
 
 
-# What warmup compiles, in units of about equal compile time (two kernels each, about 1 s per kernel
-# and dtype on one core): name -> the kernels it runs on tiny inputs.
-UNITS = ("gemm", "pool", "winograd", "direct")
+# What warmup compiles, in units (about 1 s per kernel and dtype on one core): gemm (im2col), col2im,
+# pool (forward and backward), winograd (its two kernels), direct (its kernel).
+UNITS = ("gemm", "col2im", "pool", "winograd", "direct")
 
 
 def _compile(units: tuple[str, ...] | list[str], dtypes: tuple[str, ...] = ("float32", "float64")) -> None:
@@ -103,14 +103,17 @@ def _run_units(units: tuple[str, ...] | list[str], dtypes: tuple[str, ...]) -> N
                 y, am = maxpool2d_forward(x, 2, 2, two, zero, one)
                 maxpool2d_backward(y, am, x.shape, 2, 2, two, zero, one)
                 continue
+            if unit == "col2im":  # the gemm backward's dx, without the gemm unit's im2col
+                col2im(np.ones((2 * 2 * 2, 2 * 2 * 2), dtype), x.shape, 2, 2, two, zero, one)
+                continue
             y = conv2d_forward(x, W, None, one, one, one, algorithm=unit)
-            if unit != "direct":  # direct's backward runs the gemm unit's kernels and its own forward kernel
-                conv2d_backward(y, x, W, one, one, one, True, algorithm=unit)
+            if unit != "direct":  # direct's backward runs the gemm and col2im units' kernels
+                conv2d_backward(y, x, W, one, one, one, unit != "gemm", algorithm=unit)
 
 
 # Compile cost of each unit per dtype, in seconds on one core of the 2-core test machine (measured
 # with an empty cache): used to share the units between processes.
-_UNIT_COST = {"gemm": 2.0, "pool": 2.0, "winograd": 2.0, "direct": 1.5}
+_UNIT_COST = {"gemm": 1.0, "col2im": 1.0, "pool": 2.0, "winograd": 2.0, "direct": 1.5}
 
 
 def cache_is_cold() -> bool:

@@ -24,6 +24,7 @@ import numpy as np
 
 from fastconv import losses
 from fastconv._arrays import array_module, to_host
+from fastconv.layers import Convolution
 from fastconv.train import loop
 from fastconv.train._io import check_arrays, load_npz, save_npz_atomic
 from fastconv.train.keras.layers import Conv2D, Dense, Dropout, Flatten, Layer, MaxPooling2D, _Softmax
@@ -129,6 +130,9 @@ class Sequential:
             shape = layer.build(shape, self.rng, self.dtype, self.backend)
             for k, p in layer.params.items():
                 self.params[f"{layer.name}.{k}"] = p
+        first = getattr(self.layers[0], "layer", None)
+        if isinstance(first, Convolution):  # the input needs no gradient: skip the first conv's dx
+            first.need_dx = False
         self.built = True
 
     @staticmethod
