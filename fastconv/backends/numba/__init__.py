@@ -113,7 +113,8 @@ def _run_units(units: tuple[str, ...] | list[str], dtypes: tuple[str, ...]) -> N
 
 # Compile cost of each unit per dtype, in seconds on one core of the 2-core test machine (measured
 # with an empty cache): used to share the units between processes.
-_UNIT_COST = {"gemm": 1.0, "col2im": 1.0, "pool": 2.0, "winograd": 2.0, "direct": 1.5}
+_UNIT_COST = {"gemm": 1.0, "col2im": 1.0, "pool": 2.5, "winograd": 2.0, "direct": 2.5}
+_CHILD_START_S = 1.3
 
 
 def cache_is_cold() -> bool:
@@ -141,8 +142,12 @@ def compile_ahead(
     shares: list[list[tuple[str, str]]] = [
         [] for _ in range(max(1, processes or min(os.cpu_count() or 1, 2)))
     ]
+    # a child first pays Python's and numba's start-up; this process (share 0) pays numba's anyway
+    load = [0.0] + [_CHILD_START_S] * (len(shares) - 1)
     for job in jobs:  # longest first, each to the least loaded process
-        min(shares, key=lambda sh: sum(_UNIT_COST.get(u, 2.0) for u, _ in sh)).append(job)
+        i = min(range(len(shares)), key=load.__getitem__)
+        shares[i].append(job)
+        load[i] += _UNIT_COST.get(job[0], 2.0)
     here, others = shares[0], [share for share in shares[1:] if share]
     root = str(Path(__file__).resolve().parents[3])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
