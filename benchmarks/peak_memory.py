@@ -142,18 +142,18 @@ def child(candidate: str, shape: str, threads: int) -> dict[str, Any]:
     if not candidate.startswith("torch"):
         import fastconv
 
-        namer = getattr(fastconv, "conv_algorithm", None)
-        if namer is not None:
-            forced = candidate.split("[", 1)[1].rstrip("]") if "[" in candidate else None
-            if forced and forced != "auto":
-                alg = forced
-            else:
-                st, p = case.stride, case.pad
-                names = [
-                    namer(case.x_shape, case.w_shape, st, p, 1, "float32", direction=d, backend="numba")
-                    for d in ("forward", "backward")
-                ]
-                alg = names[0] if names[0] == names[1] else "/".join(names)
+        forced = candidate.split("[", 1)[1].rstrip("]") if "[" in candidate else None
+        if forced and forced != "auto":
+            alg = forced
+        else:
+            st, p = case.stride, case.pad
+            names = [
+                fastconv.conv_algorithm(
+                    case.x_shape, case.w_shape, st, p, 1, "float32", direction=d, backend="numba"
+                )
+                for d in ("forward", "backward")
+            ]
+            alg = names[0] if names[0] == names[1] else "/".join(names)
     base = _rss()
     method = "VmHWM" if _reset_hwm() else "statm sampling (1 ms)"
     if method == "VmHWM":
@@ -200,12 +200,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import importlib.util
 
-    import fastconv
-
     shapes = [s.strip().upper() for s in args.shapes.split(",") if s.strip()]
     algs = [a.strip() for a in args.algorithms.split(",") if a.strip()]
-    has_algorithms = getattr(fastconv, "conv_algorithm", None) is not None
-    candidates = [f"numba[{a}]" for a in algs] if has_algorithms else ["numba"]
+    candidates = [f"numba[{a}]" for a in algs]
     if not args.no_torch and importlib.util.find_spec("torch") is not None:
         candidates += ["torch", "torch[channels_last]"]
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
