@@ -13,7 +13,8 @@ pad 1 with standard-normal inputs (``benchmarks/winograd_vs_torch.py --accuracy`
 measures 3e-7 to 4e-7 there.
 
 Threads (the design measured in ``shared/notes/cpu-conv-algorithms.md``): the images are cut into
-one contiguous share per thread (:func:`runtime.parallel_for`), and each share does, chunk by chunk
+contiguous shares (:func:`runtime.parallel_for`: several per thread for the forward and dx, one per
+thread for dW, whose shares each return a partial sum), and each share does, chunk by chunk
 of about :data:`TILES_PER_CHUNK` tiles, in sequence: the input transform (:func:`tile_transform`,
 rows then columns of every tile, vectorised along the tiles), the ``alpha**2`` products as
 single-threaded BLAS GEMMs ``(T, F, C) @ (T, C, tiles)``, the output transform ``A^T M A`` of every
