@@ -3,7 +3,7 @@
 The backend-parametrised tests (test_kernels.py, ...) already run every kernel on numba through
 the public API; here the convolution is forced through one chunk and through one-image chunks
 and checked against the float64 references, and the numba-specific machinery is tested in
-fresh processes where it depends on process state (threading layer, NUMBA_DISABLE_JIT, imports).
+fresh processes where it depends on process state (the kernel cache, NUMBA_DISABLE_JIT, imports).
 """
 
 from __future__ import annotations

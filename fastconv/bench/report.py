@@ -109,7 +109,7 @@ def machine_info(peers: Sequence[Peer]) -> dict[str, Any]:
 
 
 def _backend_info(name: str) -> dict[str, str]:
-    """The backend's optional ``info()`` (versions, threads, threading layer)."""
+    """The backend's optional ``info()`` (versions, threads, cache)."""
     import fastconv
 
     try:
