@@ -99,12 +99,6 @@ def test_direct_kernels_are_deterministic_for_any_thread_count(monkeypatch):
         assert np.array_equal(y, results[0][0]) and np.array_equal(dx, results[0][1])
 
 
-def test_supports_forward_names_the_reason_for_many_taps():
-    assert nb_direct.supports_forward((30, 1, 5, 5)) is None
-    assert "GEMM" in nb_direct.supports_forward((64, 64, 3, 3))
-    assert "GEMM" in np_direct.supports_forward((8, 1, 1, 1))
-
-
 @st.composite
 def pool_cases(draw):
     kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))

@@ -10,7 +10,7 @@
   filters: FMA-bound rather than load/store-bound), the bias folded into the first pass, and the
   last tap added in the pass that writes y, so each output element is written once. Filters are
   zero-padded to a multiple of 4. Cost: C*kh*kw multiply-adds per output element, so it is meant
-  for few input channels (:func:`supports_forward`).
+  for few input channels (``algorithms.py`` says when "auto" runs it).
 * :func:`backward_dx`: dx as convolutions of dout. Stride 1: one convolution of dout padded by
   ``dil*(k-1) - pad`` (cropped where that is negative) with the filters flipped and transposed.
   Stride s: polyphase; dx at rows ``h = s*u + r`` only get taps i with ``(r + pad - i*dil) % s == 0``,
@@ -31,9 +31,6 @@ from fastconv._shapes import Pair, conv_output_size
 from fastconv.backends.numba import ops, runtime
 from fastconv.backends.numpy.direct import _axis_phases  # pure Python, shared with the twin
 
-# The direct kernel handles any C_in; up to this many input channels it is the forward to use (on
-# this machine's measurements it also beat the numba GEMM on S4, C = 64, but not on S3, C = 32).
-DIRECT_MAX_C = 4
 # dx of a layer with at most this many input channels runs on the direct kernel.
 DIRECT_DX_MAX_C = 4
 # Accumulator length per block of output rows (elements): 4 filters' sums (16 KiB in float32) stay in
@@ -172,21 +169,12 @@ def _run_direct(x, w2, bias, y, stride, pad, dilation, k) -> None:
     _direct_conv(n * nb * (f4 // 4), x, w4, b4, y, *stride, *pad, *dilation, *k, rb)
 
 
-def supports_forward(W_shape) -> str | None:
-    """None when the direct kernel is the forward to use for filters of this shape (few input
-    channels), else why not. :func:`forward` itself is correct for any shape."""
-    f, c, kh, kw = W_shape
-    if c > DIRECT_MAX_C:
-        return f"C_in = {c} > {DIRECT_MAX_C}: the direct kernel is for few input channels; im2col + GEMM"
-    return None
-
-
 def forward(
     x: np.ndarray, W: np.ndarray, b: np.ndarray | None, stride: Pair, pad: Pair, dilation: Pair
 ) -> np.ndarray:
     """x: (N, C, H, W), W: (F, C, kh, kw), b: (F,) or None -> y: (N, F, OH, OW), by the direct kernel.
 
-    Correct for any shape; :func:`supports_forward` says where it is the faster algorithm.
+    Correct for any shape; ``algorithms.choose_algorithm`` says where it is the faster algorithm.
     """
     x = np.ascontiguousarray(x)
     f, c, kh, kw = W.shape

@@ -3,8 +3,9 @@
 The same algorithms as :mod:`fastconv.backends.numba.direct`:
 
 * :func:`forward`: y = bias + sum over the C*kh*kw taps of ``W[:, c, i, j] * (window view of x)``,
-  one whole-array multiply-add per tap (no im2col matrix); slower than the GEMM forward here
-  (:func:`supports_forward` says so for every shape).
+  one whole-array multiply-add per tap (no im2col matrix). A reference of the numba kernel's
+  algorithm, not a fast path: it moves N*F*OH*OW elements C*kh*kw times (S1 float32: 53 ms against
+  3.4 ms for the GEMM forward), so the NumPy backend's "auto" never picks it.
 * :func:`backward_dx`: dx as stride-1 convolutions of dout, one per polyphase class (r_h, r_w) of
   dx: rows ``h = s*u + r`` only get the taps i with ``(r + pad - i*dil) % s == 0``; each class is
   dout, zero-padded (or cropped) to the class's window, convolved with the flipped sub-kernel of
@@ -18,15 +19,6 @@ import numpy as np
 
 from fastconv._shapes import Pair, conv_output_size
 from fastconv.backends.numpy import ops
-
-
-def supports_forward(W_shape) -> str | None:
-    """Why :func:`forward` should not replace the NumPy GEMM forward for filters of this shape, or
-    None. Measured here it never should: one whole-array pass per tap moves N*F*OH*OW elements
-    C*kh*kw times (S1 float32: 53 ms against 3.4 ms for the GEMM forward), so it is a reference of
-    the numba kernel's algorithm, not a fast path."""
-    f, c, kh, kw = W_shape
-    return f"{c * kh * kw} array passes over the output: the NumPy GEMM forward is faster"
 
 
 def forward(
