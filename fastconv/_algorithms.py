@@ -162,7 +162,7 @@ class Tuner:
         pad: Pair,
         dilation: Pair,
         dtype: Any,
-        threads: int,
+        threads: str,
     ) -> str:
         return (
             f"{direction} x{tuple(x_shape)} W{tuple(W_shape)} s{tuple(stride)} p{tuple(pad)} "
@@ -238,8 +238,10 @@ class Tuner:
             self._loaded.clear()
 
 
-def _threads() -> int:
-    return settings.threads or os.cpu_count() or 1
+def _threads() -> str:
+    """The thread setting a tuned choice holds for: the count, and how the GEMMs use the threads."""
+    n = settings.threads or os.cpu_count() or 1
+    return f"{n}" if settings.gemm_threads == "blas" else f"{n}{settings.gemm_threads}"
 
 
 def _time(run: Callable[[str], Any], name: str, budget_s: float = 0.25) -> float:

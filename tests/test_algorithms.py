@@ -321,3 +321,13 @@ def test_autotune_starts_from_the_environment_variable():
             check=True,
         ).stdout.strip()
         assert out == expected, value
+
+
+def test_a_tuned_choice_holds_for_one_thread_count_and_gemm_threading():
+    args = ("forward", (2, 4, 10, 10), (4, 4, 3, 3), (1, 1), (1, 1), (1, 1), "float32")
+    keys = set()
+    for threads in (1, 2):
+        for gemm_threads in ("blas", "split"):
+            with fastconv.configure(threads=threads, gemm_threads=gemm_threads):
+                keys.add(_algorithms.Tuner.key(*args, _algorithms._threads()))
+    assert len(keys) == 4
