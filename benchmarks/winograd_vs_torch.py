@@ -30,10 +30,8 @@ SHAPES = {  # name: (x shape, W shape, pad)
 
 
 def _modules() -> tuple[Any, Any]:
-    from fastconv.backends.numba import runtime
+    from fastconv.backends.numba import runtime, winograd
 
-    with runtime.kernel_cache():
-        from fastconv.backends.numba import winograd
     return runtime, winograd
 
 

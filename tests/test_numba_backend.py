@@ -415,3 +415,23 @@ def test_a_first_call_that_compiles_says_so_once_and_a_cached_one_says_nothing(t
         runs.append(done.stderr)
     assert runs[0].count("numba is compiling") == 1, runs[0]  # once per process, however many kernels
     assert "numba is compiling" not in runs[1], runs[1]
+
+
+def test_every_kernel_caches_in_fastconvs_directory_and_numbas_setting_is_left_alone(tmp_path):
+    """runtime.cached_njit sets numba's cache directory only while a decorator runs: fastconv's
+    kernels cache under runtime.CACHE_DIR, other numba code in the process keeps numba's default."""
+    code = (
+        "import json, numba\n"
+        "before = numba.config.CACHE_DIR\n"
+        "from numba.core.registry import CPUDispatcher\n"
+        "from fastconv.backends.numba import runtime, kernels, winograd, direct\n"
+        "ks = [f for m in (kernels, winograd, direct) for n, f in vars(m).items()\n"
+        "      if isinstance(f, CPUDispatcher) and getattr(f._cache, '_cache_path', None)]\n"
+        "print(json.dumps([before, numba.config.CACHE_DIR, runtime.CACHE_DIR,\n"
+        "                  sorted({f._cache._cache_path for f in ks}), len(ks)]))\n"
+    )
+    out = _run_in_fresh_python(code, drop=("NUMBA_CACHE_DIR",), FASTCONV_CACHE_DIR=str(tmp_path))
+    before, after, ours, paths, count = json.loads(out)
+    assert after == before
+    assert count >= 7 and paths and all(p.startswith(ours) for p in paths), (ours, paths)
+    assert ours.startswith(str(tmp_path))

@@ -14,11 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fastconv.backends.numba import runtime
+from fastconv.backends.numba import winograd as numba_winograd
 from fastconv.backends.numpy import winograd as numpy_winograd
 from fastconv.testing import reference
-
-with runtime.kernel_cache():  # as ops.py imports it: compiled kernels go to the per-user cache
-    from fastconv.backends.numba import winograd as numba_winograd
 
 MODULES = {"numpy": numpy_winograd, "numba": numba_winograd}
 CASES = [(name, m, dt) for name in MODULES for m in (4, 2) for dt in ("float32", "float64")]
@@ -176,7 +174,7 @@ def test_transform_matrices_compute_a_1d_correlation_exactly(m, rng):
 
 
 def test_numba_kernels_compile_into_the_per_user_cache():
-    """The kernels were defined under runtime.kernel_cache(): their cache is runtime.CACHE_DIR."""
+    """The kernels are defined with runtime.cached_njit: their cache is runtime.CACHE_DIR."""
     from pathlib import Path
 
     for kernel in (numba_winograd.tile_transform, numba_winograd.untile):

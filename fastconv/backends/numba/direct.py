@@ -25,7 +25,6 @@
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from fastconv._shapes import Pair, conv_output_size
 from fastconv.backends.numba import ops, runtime
@@ -38,115 +37,113 @@ DIRECT_DX_MAX_C = 4
 BLOCK = 1024
 
 
-with runtime.kernel_cache():  # the decorator reads numba's cache directory when it runs
-
-    @njit(nogil=True, cache=True, fastmath={"contract"})
-    def direct_conv(t0, t1, x, w4, bias, y, sh, sw, ph, pw, dh, dw, kh, kw, rb):  # pragma: no cover
-        """y[n, f, oh, ow] = bias[f] + sum_{c,i,j} w4[f, (c*kh + i)*kw + j]
-        * x[n, c, oh*sh + i*dh - ph, ow*sw + j*dw - pw] (zero outside x), y (N, F, OH, OW)
-        C-contiguous; w4, bias padded with zeros to a multiple of 4 filters. Work items t0..t1-1
-        of (image, block of rb output rows, block of 4 filters). Any ph, pw (negative ones crop)."""
-        n_n, c_n, h_n, w_n = x.shape
-        f_n, oh_n, ow_n = y.shape[1], y.shape[2], y.shape[3]
-        fb_n = w4.shape[0] // 4
-        kk = c_n * kh * kw
-        nb = (oh_n + rb - 1) // rb
-        mh_n = oh_n + ((kh - 1) * dh) // sh  # rows per row phase
-        pl = mh_n * ow_n
-        xs = np.empty(c_n * kw * sh * pl, dtype=x.dtype)
-        acc = np.empty((4, rb * ow_n), dtype=x.dtype)
-        # tap (c, i, j) at output (oh, ow) reads xs[c, j, (i*dh) % sh, oh + (i*dh)//sh, ow]: with the
-        # row pitch OW of y, the rows r0..r1 of a tap are one run of xs, those of an output one run of y
-        off = np.empty(kk, dtype=np.int64)
-        for c in range(c_n):
-            for i in range(kh):
+@runtime.cached_njit(nogil=True, fastmath={"contract"})
+def direct_conv(t0, t1, x, w4, bias, y, sh, sw, ph, pw, dh, dw, kh, kw, rb):  # pragma: no cover
+    """y[n, f, oh, ow] = bias[f] + sum_{c,i,j} w4[f, (c*kh + i)*kw + j]
+    * x[n, c, oh*sh + i*dh - ph, ow*sw + j*dw - pw] (zero outside x), y (N, F, OH, OW)
+    C-contiguous; w4, bias padded with zeros to a multiple of 4 filters. Work items t0..t1-1
+    of (image, block of rb output rows, block of 4 filters). Any ph, pw (negative ones crop)."""
+    n_n, c_n, h_n, w_n = x.shape
+    f_n, oh_n, ow_n = y.shape[1], y.shape[2], y.shape[3]
+    fb_n = w4.shape[0] // 4
+    kk = c_n * kh * kw
+    nb = (oh_n + rb - 1) // rb
+    mh_n = oh_n + ((kh - 1) * dh) // sh  # rows per row phase
+    pl = mh_n * ow_n
+    xs = np.empty(c_n * kw * sh * pl, dtype=x.dtype)
+    acc = np.empty((4, rb * ow_n), dtype=x.dtype)
+    # tap (c, i, j) at output (oh, ow) reads xs[c, j, (i*dh) % sh, oh + (i*dh)//sh, ow]: with the
+    # row pitch OW of y, the rows r0..r1 of a tap are one run of xs, those of an output one run of y
+    off = np.empty(kk, dtype=np.int64)
+    for c in range(c_n):
+        for i in range(kh):
+            for j in range(kw):
+                p = ((c * kw + j) * sh + (i * dh) % sh) * pl
+                off[(c * kh + i) * kw + j] = p + ((i * dh) // sh) * ow_n
+    gl = kk - 1  # the last tap is added in the pass that writes y
+    k4 = gl - gl % 4
+    zero = x.dtype.type(0)
+    cur = -1
+    for t in range(t0, t1):
+        n = t // (nb * fb_n)
+        r0 = ((t // fb_n) % nb) * rb
+        f0 = (t % fb_n) * 4
+        if n != cur:  # xs[c, j, rh, mh, ow] = x[n, c, mh*sh + rh - ph, ow*sw + j*dw - pw], 0 outside
+            cur = n
+            for c in range(c_n):
                 for j in range(kw):
-                    p = ((c * kw + j) * sh + (i * dh) % sh) * pl
-                    off[(c * kh + i) * kw + j] = p + ((i * dh) // sh) * ow_n
-        gl = kk - 1  # the last tap is added in the pass that writes y
-        k4 = gl - gl % 4
-        zero = x.dtype.type(0)
-        cur = -1
-        for t in range(t0, t1):
-            n = t // (nb * fb_n)
-            r0 = ((t // fb_n) % nb) * rb
-            f0 = (t % fb_n) * 4
-            if n != cur:  # xs[c, j, rh, mh, ow] = x[n, c, mh*sh + rh - ph, ow*sw + j*dw - pw], 0 outside
-                cur = n
-                for c in range(c_n):
-                    for j in range(kw):
-                        w0 = j * dw - pw
-                        lo = min(ow_n, max(0, (-w0 + sw - 1) // sw))  # ow in [lo, hi): column inside x
-                        hi = max(lo, min(ow_n, (w_n - 1 - w0) // sw + 1 if w_n - 1 - w0 >= 0 else 0))
-                        for rh in range(sh):
-                            base = ((c * kw + j) * sh + rh) * pl
-                            for mh in range(mh_n):
-                                h = mh * sh + rh - ph
-                                dst = xs[base + mh * ow_n : base + (mh + 1) * ow_n]
-                                if h < 0 or h >= h_n:
-                                    dst[:] = zero
-                                    continue
-                                dst[:lo] = zero
-                                dst[hi:] = zero
-                                src = x[n, c, h]
-                                d = dst[lo:hi]
-                                if sw == 1:
-                                    s = src[lo + w0 : hi + w0]
-                                    for q in range(hi - lo):
-                                        d[q] = s[q]
-                                else:
-                                    for q in range(hi - lo):
-                                        d[q] = src[(lo + q) * sw + w0]
-            r1 = min(oh_n, r0 + rb)
-            m = (r1 - r0) * ow_n
-            o = r0 * ow_n
-            a0, a1, a2, a3 = acc[0, :m], acc[1, :m], acc[2, :m], acc[3, :m]
-            wb = w4[f0 : f0 + 4]
-            # a_ff = bias[f0 + ff] + taps over rows r0..r1: 4 filters x 4 taps per pass, in L1
-            if k4 == 0:
-                for ff in range(4):
-                    acc[ff, :m] = bias[f0 + ff]
-            for g in range(0, k4, 4):
-                w00, w01, w02, w03 = wb[0, g], wb[0, g + 1], wb[0, g + 2], wb[0, g + 3]
-                w10, w11, w12, w13 = wb[1, g], wb[1, g + 1], wb[1, g + 2], wb[1, g + 3]
-                w20, w21, w22, w23 = wb[2, g], wb[2, g + 1], wb[2, g + 2], wb[2, g + 3]
-                w30, w31, w32, w33 = wb[3, g], wb[3, g + 1], wb[3, g + 2], wb[3, g + 3]
-                x0 = xs[off[g] + o : off[g] + o + m]
-                x1 = xs[off[g + 1] + o : off[g + 1] + o + m]
-                x2 = xs[off[g + 2] + o : off[g + 2] + o + m]
-                x3 = xs[off[g + 3] + o : off[g + 3] + o + m]
-                if g == 0:
-                    b0, b1, b2, b3 = bias[f0], bias[f0 + 1], bias[f0 + 2], bias[f0 + 3]
-                    for q in range(m):
-                        v0, v1, v2, v3 = x0[q], x1[q], x2[q], x3[q]
-                        a0[q] = b0 + w00 * v0 + w01 * v1 + w02 * v2 + w03 * v3
-                        a1[q] = b1 + w10 * v0 + w11 * v1 + w12 * v2 + w13 * v3
-                        a2[q] = b2 + w20 * v0 + w21 * v1 + w22 * v2 + w23 * v3
-                        a3[q] = b3 + w30 * v0 + w31 * v1 + w32 * v2 + w33 * v3
-                else:
-                    for q in range(m):
-                        v0, v1, v2, v3 = x0[q], x1[q], x2[q], x3[q]
-                        a0[q] += w00 * v0 + w01 * v1 + w02 * v2 + w03 * v3
-                        a1[q] += w10 * v0 + w11 * v1 + w12 * v2 + w13 * v3
-                        a2[q] += w20 * v0 + w21 * v1 + w22 * v2 + w23 * v3
-                        a3[q] += w30 * v0 + w31 * v1 + w32 * v2 + w33 * v3
-            for g in range(k4, gl):  # the taps left over, one per pass
-                w00, w10, w20, w30 = wb[0, g], wb[1, g], wb[2, g], wb[3, g]
-                x0 = xs[off[g] + o : off[g] + o + m]
+                    w0 = j * dw - pw
+                    lo = min(ow_n, max(0, (-w0 + sw - 1) // sw))  # ow in [lo, hi): column inside x
+                    hi = max(lo, min(ow_n, (w_n - 1 - w0) // sw + 1 if w_n - 1 - w0 >= 0 else 0))
+                    for rh in range(sh):
+                        base = ((c * kw + j) * sh + rh) * pl
+                        for mh in range(mh_n):
+                            h = mh * sh + rh - ph
+                            dst = xs[base + mh * ow_n : base + (mh + 1) * ow_n]
+                            if h < 0 or h >= h_n:
+                                dst[:] = zero
+                                continue
+                            dst[:lo] = zero
+                            dst[hi:] = zero
+                            src = x[n, c, h]
+                            d = dst[lo:hi]
+                            if sw == 1:
+                                s = src[lo + w0 : hi + w0]
+                                for q in range(hi - lo):
+                                    d[q] = s[q]
+                            else:
+                                for q in range(hi - lo):
+                                    d[q] = src[(lo + q) * sw + w0]
+        r1 = min(oh_n, r0 + rb)
+        m = (r1 - r0) * ow_n
+        o = r0 * ow_n
+        a0, a1, a2, a3 = acc[0, :m], acc[1, :m], acc[2, :m], acc[3, :m]
+        wb = w4[f0 : f0 + 4]
+        # a_ff = bias[f0 + ff] + taps over rows r0..r1: 4 filters x 4 taps per pass, in L1
+        if k4 == 0:
+            for ff in range(4):
+                acc[ff, :m] = bias[f0 + ff]
+        for g in range(0, k4, 4):
+            w00, w01, w02, w03 = wb[0, g], wb[0, g + 1], wb[0, g + 2], wb[0, g + 3]
+            w10, w11, w12, w13 = wb[1, g], wb[1, g + 1], wb[1, g + 2], wb[1, g + 3]
+            w20, w21, w22, w23 = wb[2, g], wb[2, g + 1], wb[2, g + 2], wb[2, g + 3]
+            w30, w31, w32, w33 = wb[3, g], wb[3, g + 1], wb[3, g + 2], wb[3, g + 3]
+            x0 = xs[off[g] + o : off[g] + o + m]
+            x1 = xs[off[g + 1] + o : off[g + 1] + o + m]
+            x2 = xs[off[g + 2] + o : off[g + 2] + o + m]
+            x3 = xs[off[g + 3] + o : off[g + 3] + o + m]
+            if g == 0:
+                b0, b1, b2, b3 = bias[f0], bias[f0 + 1], bias[f0 + 2], bias[f0 + 3]
                 for q in range(m):
-                    v0 = x0[q]
-                    a0[q] += w00 * v0
-                    a1[q] += w10 * v0
-                    a2[q] += w20 * v0
-                    a3[q] += w30 * v0
-            # y[n, f0 + ff, r0:r1] = a_ff + the last tap: one run per filter, each element written once
-            x0 = xs[off[gl] + o : off[gl] + o + m]
-            for ff in range(min(4, f_n - f0)):
-                wl = wb[ff, gl]
-                s0 = acc[ff, :m]
-                y0 = y[n, f0 + ff].reshape(oh_n * ow_n)[o : o + m]
+                    v0, v1, v2, v3 = x0[q], x1[q], x2[q], x3[q]
+                    a0[q] = b0 + w00 * v0 + w01 * v1 + w02 * v2 + w03 * v3
+                    a1[q] = b1 + w10 * v0 + w11 * v1 + w12 * v2 + w13 * v3
+                    a2[q] = b2 + w20 * v0 + w21 * v1 + w22 * v2 + w23 * v3
+                    a3[q] = b3 + w30 * v0 + w31 * v1 + w32 * v2 + w33 * v3
+            else:
                 for q in range(m):
-                    y0[q] = s0[q] + wl * x0[q]
+                    v0, v1, v2, v3 = x0[q], x1[q], x2[q], x3[q]
+                    a0[q] += w00 * v0 + w01 * v1 + w02 * v2 + w03 * v3
+                    a1[q] += w10 * v0 + w11 * v1 + w12 * v2 + w13 * v3
+                    a2[q] += w20 * v0 + w21 * v1 + w22 * v2 + w23 * v3
+                    a3[q] += w30 * v0 + w31 * v1 + w32 * v2 + w33 * v3
+        for g in range(k4, gl):  # the taps left over, one per pass
+            w00, w10, w20, w30 = wb[0, g], wb[1, g], wb[2, g], wb[3, g]
+            x0 = xs[off[g] + o : off[g] + o + m]
+            for q in range(m):
+                v0 = x0[q]
+                a0[q] += w00 * v0
+                a1[q] += w10 * v0
+                a2[q] += w20 * v0
+                a3[q] += w30 * v0
+        # y[n, f0 + ff, r0:r1] = a_ff + the last tap: one run per filter, each element written once
+        x0 = xs[off[gl] + o : off[gl] + o + m]
+        for ff in range(min(4, f_n - f0)):
+            wl = wb[ff, gl]
+            s0 = acc[ff, :m]
+            y0 = y[n, f0 + ff].reshape(oh_n * ow_n)[o : o + m]
+            for q in range(m):
+                y0[q] = s0[q] + wl * x0[q]
 
 
 _direct_conv = runtime.Announced(direct_conv)

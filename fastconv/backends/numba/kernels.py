@@ -10,8 +10,7 @@ Kernels write into arrays the caller allocates with NumPy: NumPy asks the kernel
 big arrays, while memory numba allocates is faulted in 4 KiB pages, which are slow in a virtual
 machine (BENCHMARKS.md has the figures).
 
-Import :mod:`fastconv.backends.numba.runtime` first (the package does): it chooses the cache
-directory, which the decorators below read.
+``cached_njit`` (:mod:`fastconv.backends.numba.runtime`) compiles into fastconv's per-user cache.
 
 Shared argument names: ``sh, sw`` stride, ``ph, pw`` padding, ``dh, dw`` dilation, ``oh_n, ow_n``
 the output size from :func:`fastconv._shapes.conv_output_size` (the caller computes it once).
@@ -22,9 +21,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from fastconv.backends.numba.runtime import cached_njit
+
 # Serial kernels over a share [t0, t1) of the work items, run by runtime.parallel_for from a thread
 # pool (nogil): they compile 2-3x faster than parallel=True kernels and need no threading layer.
-_PLAIN = {"nogil": True, "cache": True}
+_PLAIN = {"nogil": True}
 
 
 @njit
@@ -46,7 +47,7 @@ def _valid_range(j_off: int, stride: int, size: int, n_out: int) -> tuple[int, i
 # ----------------------------------------------------------------------------------------------
 
 
-@njit(**_PLAIN)
+@cached_njit(**_PLAIN)
 def im2col_planes(t0, t1, x, n0, col, wide, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n):  # pragma: no cover
     """Fill col from images n0..n0+B of x (C-contiguous); planes t0..t1-1 of the (image, channel) planes.
 
@@ -112,7 +113,7 @@ def im2col_planes(t0, t1, x, n0, col, wide, kh, kw, sh, sw, ph, pw, dh, dw, oh_n
                             dst[q] = src[q * sw]
 
 
-@njit(**_PLAIN)
+@cached_njit(**_PLAIN)
 def col2im_planes(t0, t1, dcol, n0, dx, wide, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n):  # pragma: no cover
     """Write dx[n0:n0+B] (C-contiguous) from dcol (B, C*kh*kw, OH*OW), or (C*kh*kw, B, OH*OW)
     when ``wide`` (C-contiguous); planes t0..t1-1, taps summed in order, flat indices."""
@@ -174,7 +175,7 @@ def col2im_planes(t0, t1, dcol, n0, dx, wide, kh, kw, sh, sw, ph, pw, dh, dw, oh
 # ----------------------------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@cached_njit()
 def _window_max(plane, h0, w0, kh, kw, dh, dw, ninf):  # pragma: no cover - jitted
     """Max and first argmax of the window at (h0, w0) of one (H, W) plane; -inf outside it, first NaN wins."""
     h_n, w_n = plane.shape
@@ -194,7 +195,7 @@ def _window_max(plane, h0, w0, kh, kw, dh, dw, ninf):  # pragma: no cover - jitt
     return best, bi
 
 
-@njit(**_PLAIN)
+@cached_njit(**_PLAIN)
 def maxpool_forward(t0, t1, x, y, am, kh, kw, sh, sw, ph, pw, dh, dw, nan_aware):  # pragma: no cover - jitted
     """Fill y, am (N, C, OH, OW) from x (N, C, H, W): max and argmax; planes t0..t1-1 of the (image, channel) planes.
 
@@ -288,7 +289,7 @@ def maxpool_forward(t0, t1, x, y, am, kh, kw, sh, sw, ph, pw, dh, dw, nan_aware)
                     af[yo + ow] = bi
 
 
-@njit(**_PLAIN)
+@cached_njit(**_PLAIN)
 def maxpool_backward(
     t0, t1, dout, argmax, dx, gbits, dbits, kh, kw, sh, sw, ph, pw, dh, dw
 ):  # pragma: no cover

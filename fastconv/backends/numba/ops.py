@@ -26,10 +26,7 @@ import numpy as np
 
 from fastconv._config import settings
 from fastconv._shapes import Pair, bad_argmax_error, conv_output_size
-from fastconv.backends.numba import runtime
-
-with runtime.kernel_cache():  # each kernel picks its cache location when defined
-    from fastconv.backends.numba import kernels
+from fastconv.backends.numba import kernels, runtime, winograd
 
 # Column bytes per chunk of images: big enough for large GEMMs, small enough that the columns stay in
 # L3 between im2col and the GEMM (benchmarks/numba_chunk_bytes.py measures the choice).
@@ -130,15 +127,9 @@ def _wide(p: int) -> bool:
     return p < WIDE_MAX_P
 
 
-def _winograd() -> Any:
-    with runtime.kernel_cache():
-        from fastconv.backends.numba import winograd
-    return winograd
-
-
 def _direct() -> Any:
-    with runtime.kernel_cache():
-        from fastconv.backends.numba import direct
+    from fastconv.backends.numba import direct  # here, not at the top: direct.py uses this module
+
     return direct
 
 
@@ -156,8 +147,8 @@ def conv2d_forward(
     "gemm": y[n] = [W2d | b] @ [col[n]; 1], the bias riding in the GEMM as a row of ones under the
     columns. "winograd"/"winograd2" and "direct": :mod:`.winograd`, :mod:`.direct`.
     """
-    if algorithm in ("winograd", "winograd2"):
-        return _winograd().forward(x, W, b, pad, m=4 if algorithm == "winograd" else 2)
+    if algorithm in winograd.TILE:
+        return winograd.forward(x, W, b, pad, m=winograd.TILE[algorithm])
     if algorithm == "direct":
         return _direct().forward(x, W, b, stride, pad, dilation)
     x = np.ascontiguousarray(x)
@@ -210,8 +201,8 @@ def conv2d_backward(
     GEMM); dx = col2im(W2d.T @ dout[n]). "winograd"/"winograd2": :mod:`.winograd`. "direct": dx by
     :func:`.direct.backward_dx` (no col2im), dW and db as "gemm".
     """
-    if algorithm in ("winograd", "winograd2"):
-        return _winograd().backward(dout, x, W, pad, need_dx=need_dx, m=4 if algorithm == "winograd" else 2)
+    if algorithm in winograd.TILE:
+        return winograd.backward(dout, x, W, pad, need_dx=need_dx, m=winograd.TILE[algorithm])
     if algorithm == "direct":
         _, dW, db = conv2d_backward(dout, x, W, stride, pad, dilation, need_dx=False)
         dx = _direct().backward_dx(dout, W, x.shape, stride, pad, dilation) if need_dx else None

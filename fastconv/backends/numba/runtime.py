@@ -71,16 +71,24 @@ def _choose_cache_dir() -> str:
 CACHE_DIR = _choose_cache_dir()
 
 
-@contextlib.contextmanager
-def kernel_cache() -> Iterator[None]:
-    """numba's cache directory set to :data:`CACHE_DIR` while the kernels are defined: each
-    ``cache=True`` decorator picks its cache location then, and keeps it."""
-    old = numba.config.CACHE_DIR
-    numba.config.CACHE_DIR = CACHE_DIR
-    try:
-        yield
-    finally:
-        numba.config.CACHE_DIR = old
+_decorating = threading.Lock()
+
+
+def cached_njit(**flags: Any) -> Callable[[Callable[..., Any]], Any]:
+    """``numba.njit(cache=True, **flags)`` caching in :data:`CACHE_DIR`: numba reads its cache
+    directory when the decorator runs, so it is set for that moment only (under a lock), and other
+    numba code in the process keeps its own cache."""
+
+    def decorate(fn: Callable[..., Any]) -> Any:
+        with _decorating:
+            old = numba.config.CACHE_DIR
+            numba.config.CACHE_DIR = CACHE_DIR
+            try:
+                return numba.njit(cache=True, **flags)(fn)
+            finally:
+                numba.config.CACHE_DIR = old
+
+    return decorate
 
 
 # ----------------------------------------------------------------------------------------------
@@ -147,7 +155,8 @@ def parallel_for(
     failed: list[BaseException] = []
 
     def drain() -> None:
-        for i in iter(lambda: next(taken), None):
+        while True:
+            i = next(taken)
             if i >= k or failed:
                 return
             try:

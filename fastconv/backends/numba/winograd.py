@@ -31,8 +31,7 @@ dout transform): it lets every transform loop run over whole planes, at the pric
 GEMM columns.
 
 Two numba kernels, one specialisation per dtype (both m share it), ``nogil``, no ``parallel=True``.
-Import this module inside ``runtime.kernel_cache()`` (as ``ops.py`` imports its kernels), so that
-the compiled kernels go to the per-user cache and not into the package.
+``runtime.cached_njit`` compiles them into the per-user cache, never into the package.
 """
 
 from __future__ import annotations
@@ -40,12 +39,11 @@ from __future__ import annotations
 from functools import cache
 
 import numpy as np
-from numba import njit
 
 from fastconv.backends.numba import runtime
-from fastconv.backends.numpy.winograd import ERROR_BOUND, matrices, supports
+from fastconv.backends.numpy.winograd import ERROR_BOUND, TILE, matrices, supports
 
-__all__ = ["ERROR_BOUND", "TILES_PER_CHUNK", "backward", "forward", "supports"]
+__all__ = ["ERROR_BOUND", "TILE", "TILES_PER_CHUNK", "backward", "forward", "supports"]
 
 # Tiles per chunk of images: enough columns for an efficient GEMM, few enough that a chunk's V, M and
 # output tiles (S4 float32: 0.6 + 0.6 + 0.3 MB) stay in a 2 MB L2 between the transforms and the
@@ -53,10 +51,10 @@ __all__ = ["ERROR_BOUND", "TILES_PER_CHUNK", "backward", "forward", "supports"]
 # and 10-20% faster on two (S4 forward), within that machine's noise.
 TILES_PER_CHUNK = 128
 
-_FLAGS = {"nogil": True, "cache": True, "fastmath": {"contract", "reassoc"}}
+_FLAGS = {"nogil": True, "fastmath": {"contract", "reassoc"}}
 
 
-@njit(**_FLAGS)
+@runtime.cached_njit(**_FLAGS)
 def tile_transform(src, n0, n1, ph, pw, mat, m, th, tw, out, xs, hz):  # pragma: no cover - jitted
     # out[a*A + b, c, (n-n0)*th*W1 + ty*W1 + tx] = sum_{i,j < p} mat[a,i] mat[b,j] srcpad[n, c, ty*m + i, tx*m + j]
     # for tx <= tw (W1 = tw + 1: tile column tw is junk, never read back as output), A, p = mat.shape,
@@ -122,7 +120,7 @@ def tile_transform(src, n0, n1, ph, pw, mat, m, th, tw, out, xs, hz):  # pragma:
                     first = False
 
 
-@njit(**_FLAGS)
+@runtime.cached_njit(**_FLAGS)
 def untile(Y, n0, n1, m, th, tw, bias, y):  # pragma: no cover - jitted
     # y[n, f, ty*m + u, tx*m + v] = bias[f] + Y[f, (n-n0)*th*W1 + ty*W1 + tx, u*m + v] for ty*m + u < OH,
     # tx*m + v < OW (W1 = tw + 1): the output tiles A^T M A (one GEMM with kron(A^T, A^T)) put in place

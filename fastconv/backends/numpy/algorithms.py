@@ -8,6 +8,7 @@ array-code twins of the numba backend's.
 from __future__ import annotations
 
 from fastconv._shapes import Pair
+from fastconv.backends.numpy.winograd import TILE
 from fastconv.backends.numpy.winograd import supports as winograd_support
 
 NAMES = ("gemm", "winograd", "winograd2", "direct")
@@ -23,7 +24,7 @@ def algorithm_support(
     dilation: Pair,
 ) -> str | None:
     """None when ``name`` can compute this convolution, else why not ("gemm" and "direct" run every shape)."""
-    if name in ("winograd", "winograd2"):
+    if name in TILE:
         return winograd_support(W_shape, stride, dilation)
     return None
 

@@ -10,6 +10,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from fastconv._shapes import Pair, bad_argmax_error, conv_output_size
+from fastconv.backends.numpy import winograd
 
 
 def _pad(x: np.ndarray, pad: Pair, value: float = 0.0) -> np.ndarray:
@@ -130,12 +131,10 @@ def conv2d_forward(
 
     "gemm": one GEMM W2 @ cols; "winograd"/"winograd2", "direct": :mod:`.winograd`, :mod:`.direct`.
     """
-    if algorithm in ("winograd", "winograd2"):
-        from fastconv.backends.numpy import winograd
-
-        return winograd.forward(x, W, b, pad, m=4 if algorithm == "winograd" else 2)
+    if algorithm in winograd.TILE:
+        return winograd.forward(x, W, b, pad, m=winograd.TILE[algorithm])
     if algorithm == "direct":
-        from fastconv.backends.numpy import direct
+        from fastconv.backends.numpy import direct  # here: direct.py uses this module
 
         return direct.forward(x, W, b, stride, pad, dilation)
     n = x.shape[0]
@@ -163,10 +162,8 @@ def conv2d_backward(
     col2im. "winograd"/"winograd2": :mod:`.winograd`; "direct": dx by :func:`.direct.backward_dx`
     (no col2im), dW and db as "gemm".
     """
-    if algorithm in ("winograd", "winograd2"):
-        from fastconv.backends.numpy import winograd
-
-        return winograd.backward(dout, x, W, pad, need_dx=need_dx, m=4 if algorithm == "winograd" else 2)
+    if algorithm in winograd.TILE:
+        return winograd.backward(dout, x, W, pad, need_dx=need_dx, m=winograd.TILE[algorithm])
     if algorithm == "direct":
         from fastconv.backends.numpy import direct
 

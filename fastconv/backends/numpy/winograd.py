@@ -56,6 +56,9 @@ ERROR_BOUND = {
 # Interpolation points (plus infinity). For m = 4, 1/2 in place of Lavin & Gray's 2 cuts the float32
 # error 2.5-4x (max relative error on x(16,128,28,28) W(128,128,3,3) pad 1: forward 9.2e-6 -> 3.7e-6,
 # dx 9.8e-6 -> 3.9e-6, dW 1.4e-5 -> 3.7e-6; {0, +-1, +-1/2} 8.5e-6, {0, +-1, 2, -1/2} 3.8e-6).
+# Output tile size m of each Winograd algorithm name: F(m x m, 3 x 3).
+TILE = {"winograd": 4, "winograd2": 2}
+
 POINTS = {2: (0, 1, -1), 4: (0, 1, -1, Fraction(1, 2), -2)}
 
 
