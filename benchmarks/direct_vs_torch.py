@@ -9,7 +9,8 @@ Three groups, samples interleaved (round-robin across the candidates of a case, 
 * ``dx``: ``backward_dx`` vs the numba ``conv2d_backward`` dx path (col2im; timed with dW and db, as
   it only comes that way, and separately ``need_dx=False`` so the difference is its dx) vs PyTorch's
   ``convolution_backward`` for dx only;
-* ``pool``: the numba max-pool backward vs ``aten.max_pool2d_with_indices_backward``, float32.
+* ``pool``: the numba max-pool backward (``fastconv.backends.numba.pooling``) vs
+  ``aten.max_pool2d_with_indices_backward``, float32.
 
 python benchmarks/direct_vs_torch.py [--dtype float32 float64] [--groups fwd dx pool] [--repeat 7]
     [--threads 2] [--clock wall|cpu]
@@ -26,8 +27,10 @@ from typing import Any
 import numpy as np
 
 import fastconv
+from fastconv._shapes import conv_output_size
 from fastconv.backends.numba import direct
 from fastconv.backends.numba import ops as nb_ops
+from fastconv.backends.numba import pooling as nb_pooling
 
 FWD = {
     "S1": ((100, 1, 28, 28), (30, 1, 5, 5), 1, 0),
@@ -79,11 +82,11 @@ def fwd_case(dtype: str, repeat: int, torch: Any, rng: np.random.Generator, xs, 
     W = rng.standard_normal(ws).astype(dtype)
     b = rng.standard_normal(ws[0]).astype(dtype)
     tx, tW, tb = (torch.from_numpy(a) for a in (x, W, b))
-    st, pd, one = (s, s), (p, p), (1, 1)
+    st, pd, one = (s, s), (p, p, p, p), (1, 1)  # pad (top, bottom, left, right), contract v2
     return interleaved(
         {
             "direct": lambda: direct.forward(x, W, b, st, pd, one),
-            "gemm": lambda: nb_ops.conv2d_forward(x, W, b, st, pd, one),
+            "gemm": lambda: nb_ops.conv2d_forward(x, W, b, st, pd, one, 1, "NCHW"),
             "torch": lambda: F.conv2d(tx, tW, tb, stride=s, padding=p),
         },
         repeat,
@@ -93,16 +96,15 @@ def fwd_case(dtype: str, repeat: int, torch: Any, rng: np.random.Generator, xs, 
 def dx_case(dtype: str, repeat: int, torch: Any, rng: np.random.Generator, xs, ws, s: int, p: int) -> dict:
     x = rng.standard_normal(xs).astype(dtype)
     W = rng.standard_normal(ws).astype(dtype)
-    st, pd, one = (s, s), (p, p), (1, 1)
-    oh = (xs[2] + 2 * p - ws[2]) // s + 1
-    ow = (xs[3] + 2 * p - ws[3]) // s + 1
+    st, pd, one = (s, s), (p, p, p, p), (1, 1)  # pad (top, bottom, left, right), contract v2
+    oh, ow = conv_output_size(xs[2:], ws[2:], st, pd, one)
     g = rng.standard_normal((xs[0], ws[0], oh, ow)).astype(dtype)
     tg, tx, tW = (torch.from_numpy(a) for a in (g, x, W))
     ms = interleaved(
         {
             "new": lambda: direct.backward_dx(g, W, xs, st, pd, one),
-            "all": lambda: nb_ops.conv2d_backward(g, x, W, st, pd, one, True),
-            "dWdb": lambda: nb_ops.conv2d_backward(g, x, W, st, pd, one, False),
+            "all": lambda: nb_ops.conv2d_backward(g, x, W, st, pd, one, 1, "NCHW", need_dx=True),
+            "dWdb": lambda: nb_ops.conv2d_backward(g, x, W, st, pd, one, 1, "NCHW", need_dx=False),
             "torch": lambda: torch.ops.aten.convolution_backward(
                 tg, tx, tW, None, [s, s], [p, p], [1, 1], False, [0, 0], 1, [True, False, False]
             ),
@@ -114,13 +116,15 @@ def dx_case(dtype: str, repeat: int, torch: Any, rng: np.random.Generator, xs, w
 
 def pool_case(repeat: int, torch: Any, rng: np.random.Generator, xs, k: int, s: int, p: int) -> dict:
     x = rng.standard_normal(xs).astype(np.float32)
-    y, am = nb_ops.maxpool2d_forward(x, k, k, (s, s), (p, p), (1, 1))
+    pd = (p, p, p, p)  # pad (top, bottom, left, right); floor mode, as torch's default
+    out_hw = conv_output_size(xs[2:], (k, k), (s, s), pd, (1, 1))
+    y, am = nb_pooling.maxpool2d_forward(x, k, k, (s, s), pd, (1, 1), out_hw, "NCHW")
     g = rng.standard_normal(y.shape).astype(np.float32)
     tx, tg = torch.from_numpy(x), torch.from_numpy(g)
     _, ti = torch.nn.functional.max_pool2d(tx, k, s, p, return_indices=True)
     return interleaved(
         {
-            "numba": lambda: nb_ops.maxpool2d_backward(g, am, xs, k, k, (s, s), (p, p), (1, 1)),
+            "numba": lambda: nb_pooling.maxpool2d_backward(g, am, xs, k, k, (s, s), pd, (1, 1), "NCHW"),
             "torch": lambda: torch.ops.aten.max_pool2d_with_indices_backward(
                 tg, tx, [k, k], [s, s], [p, p], [1, 1], False, ti
             ),

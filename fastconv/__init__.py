@@ -21,10 +21,16 @@ from fastconv._registry import (
     use_backend,
 )
 from fastconv.functional import (
+    avg_pool2d,
+    avg_pool2d_backward,
     col2im,
     conv2d,
     conv2d_backward,
     conv_algorithm,
+    conv_transpose2d,
+    conv_transpose2d_backward,
+    global_avg_pool2d,
+    global_avg_pool2d_backward,
     im2col,
     max_pool2d,
     max_pool2d_backward,
@@ -32,18 +38,24 @@ from fastconv.functional import (
     to_host,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "BackendUnavailableError",
+    "avg_pool2d",
+    "avg_pool2d_backward",
     "col2im",
     "configure",
     "conv2d",
     "conv2d_backward",
     "conv_algorithm",
+    "conv_transpose2d",
+    "conv_transpose2d_backward",
     "get_backend",
     "get_backend_object",
     "get_config",
+    "global_avg_pool2d",
+    "global_avg_pool2d_backward",
     "gradcheck",
     "im2col",
     "list_backends",

@@ -36,10 +36,10 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from fastconv._config import cache_dir, settings
-from fastconv._shapes import Pair
+from fastconv._shapes import Pad4, Pair
 
 GEMM = "gemm"
 ALGORITHMS = ("auto", "gemm", "winograd", "winograd2", "direct")
@@ -58,17 +58,21 @@ def implemented(impl: Any) -> tuple[str, ...]:
     return tuple(getattr(impl, "algorithms", (GEMM,)))
 
 
-def why_not(
-    impl: Any,
-    name: str,
-    direction: str,
-    x_shape: tuple[int, ...],
-    W_shape: tuple[int, ...],
-    stride: Pair,
-    pad: Pair,
-    dilation: Pair,
-) -> str | None:
-    """None when backend ``impl`` can run ``name`` on this shape, else the reason."""
+class Conv(NamedTuple):
+    """One convolution call's geometry, as the algorithm layer sees it (``x_shape`` in ``layout``'s order)."""
+
+    direction: str
+    x_shape: tuple[int, ...]
+    W_shape: tuple[int, ...]
+    stride: Pair
+    pad: Pad4
+    dilation: Pair
+    groups: int = 1
+    layout: str = "NCHW"
+
+
+def why_not(impl: Any, name: str, conv: Conv) -> str | None:
+    """None when backend ``impl`` can run ``name`` on this convolution, else the reason."""
     if name not in implemented(impl):
         return (
             f"algorithm {name!r} is not implemented by backend {impl.name!r} "
@@ -77,34 +81,23 @@ def why_not(
     support = getattr(impl, "algorithm_support", None)
     if support is None or name == GEMM:
         return None
-    return support(name, direction, tuple(x_shape), tuple(W_shape), stride, pad, dilation)
+    return support(name, *conv)
 
 
-def _rules(
-    impl: Any,
-    direction: str,
-    x_shape: tuple[int, ...],
-    W_shape: tuple[int, ...],
-    stride: Pair,
-    pad: Pair,
-    dilation: Pair,
-    dtype: Any,
-) -> str:
+def _rules(impl: Any, conv: Conv, dtype: Any) -> str:
     choose = getattr(impl, "choose_algorithm", None)
     if choose is None:
         return GEMM
-    return str(choose(direction, tuple(x_shape), tuple(W_shape), stride, pad, dilation, str(dtype)))
+    c = conv
+    return str(
+        choose(c.direction, c.x_shape, c.W_shape, c.stride, c.pad, c.dilation, str(dtype), c.groups, c.layout)
+    )
 
 
 def resolve(
     impl: Any,
     requested: str | None,
-    direction: str,
-    x_shape: tuple[int, ...],
-    W_shape: tuple[int, ...],
-    stride: Pair,
-    pad: Pair,
-    dilation: Pair,
+    conv: Conv,
     dtype: Any,
     run: Callable[[str], Any] | None = None,
 ) -> str:
@@ -113,16 +106,16 @@ def resolve(
     if requested is not None:
         name = check_name(requested)
         if name != "auto":
-            reason = why_not(impl, name, direction, x_shape, W_shape, stride, pad, dilation)
+            reason = why_not(impl, name, conv)
             if reason:
-                raise ValueError(f"algorithm={name!r} cannot run this {direction} convolution: {reason}")
+                raise ValueError(f"algorithm={name!r} cannot run this {conv.direction} convolution: {reason}")
             return name
     elif settings.algorithm != "auto":
-        if why_not(impl, settings.algorithm, direction, x_shape, W_shape, stride, pad, dilation) is None:
+        if why_not(impl, settings.algorithm, conv) is None:
             return settings.algorithm
     if settings.autotune and len(implemented(impl)) > 1:
-        return tuner.choose(impl, direction, x_shape, W_shape, stride, pad, dilation, dtype, run)
-    return _rules(impl, direction, x_shape, W_shape, stride, pad, dilation, dtype)
+        return tuner.choose(impl, conv, dtype, run)
+    return _rules(impl, conv, dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -154,19 +147,12 @@ class Tuner:
         return cache_dir() / "autotune" / f"{backend}-{machine_key()}.json"
 
     @staticmethod
-    def key(
-        direction: str,
-        x_shape: tuple[int, ...],
-        W_shape: tuple[int, ...],
-        stride: Pair,
-        pad: Pair,
-        dilation: Pair,
-        dtype: Any,
-        threads: str,
-    ) -> str:
+    def key(conv: Conv, dtype: Any, threads: str) -> str:
+        c = conv
+        extra = "" if (c.groups, c.layout) == (1, "NCHW") else f" g{c.groups} {c.layout}"
         return (
-            f"{direction} x{tuple(x_shape)} W{tuple(W_shape)} s{tuple(stride)} p{tuple(pad)} "
-            f"d{tuple(dilation)} {dtype} t{threads}"
+            f"{c.direction} x{tuple(c.x_shape)} W{tuple(c.W_shape)} s{tuple(c.stride)} p{tuple(c.pad)} "
+            f"d{tuple(c.dilation)}{extra} {dtype} t{threads}"
         ).replace(" ", "")
 
     def _load(self, backend: str) -> None:
@@ -194,40 +180,21 @@ class Tuner:
         except OSError:  # a read-only cache: the choice still holds for this process
             pass
 
-    def cached(self, impl: Any, *key_args: Any) -> str | None:
+    def cached(self, impl: Any, conv: Conv, dtype: Any) -> str | None:
         with self._lock:
             self._load(impl.name)
-            return self._choices.get(f"{impl.name}:{self.key(*key_args, _threads())}")
+            return self._choices.get(f"{impl.name}:{self.key(conv, dtype, _threads())}")
 
-    def choose(
-        self,
-        impl: Any,
-        direction: str,
-        x_shape: tuple[int, ...],
-        W_shape: tuple[int, ...],
-        stride: Pair,
-        pad: Pair,
-        dilation: Pair,
-        dtype: Any,
-        run: Callable[[str], Any] | None,
-    ) -> str:
-        args = (direction, x_shape, W_shape, stride, pad, dilation, dtype)
+    def choose(self, impl: Any, conv: Conv, dtype: Any, run: Callable[[str], Any] | None) -> str:
         with self._lock:
-            hit = self.cached(impl, *args)
-            if (
-                hit is not None
-                and why_not(impl, hit, direction, x_shape, W_shape, stride, pad, dilation) is None
-            ):
+            hit = self.cached(impl, conv, dtype)
+            if hit is not None and why_not(impl, hit, conv) is None:
                 return hit
             if run is None:
-                return _rules(impl, *args)
-            candidates = [
-                a
-                for a in implemented(impl)
-                if why_not(impl, a, direction, x_shape, W_shape, stride, pad, dilation) is None
-            ]
+                return _rules(impl, conv, dtype)
+            candidates = [a for a in implemented(impl) if why_not(impl, a, conv) is None]
             best = min(candidates, key=lambda a: _time(run, a))
-            self._choices[f"{impl.name}:{self.key(*args, _threads())}"] = best
+            self._choices[f"{impl.name}:{self.key(conv, dtype, _threads())}"] = best
             self._save(impl.name)
             return best
 

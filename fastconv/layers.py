@@ -1,7 +1,8 @@
 """Drop-in layers with the public API of the book's ``common/layers.py``.
 
-``Convolution`` and ``Pooling`` dispatch to the selected backend (see :mod:`fastconv._registry`);
-the other layers are array-module agnostic (NumPy or CuPy arrays). Every layer reads its
+``Convolution``, ``Deconvolution``, ``Pooling``, ``AvgPooling`` and ``GlobalAvgPooling`` dispatch to
+the selected backend (see :mod:`fastconv._registry`) and take ``layout="NHWC"`` for channels-last
+images; the other layers are array-module agnostic (NumPy or CuPy arrays). Every layer reads its
 parameters (``self.W``, ``self.b``, ...) at call time and keeps no cached or cast copy, so an
 optimizer that updates them in place, a numerical gradient that perturbs them element by element,
 or a ``load_params`` that rebinds them is seen by the next call.
@@ -20,15 +21,18 @@ import numpy as np
 
 from fastconv import functional as F
 from fastconv._arrays import array_module
-from fastconv._shapes import IntOrPair
+from fastconv._shapes import IntOrPair, PadSpec
 from fastconv.losses import cross_entropy_error, softmax, softmax_cross_entropy_backward
 
 __all__ = [
     "Affine",
+    "AvgPooling",
     "BatchNorm2d",
     "BatchNormalization",
     "Convolution",
+    "Deconvolution",
     "Dropout",
+    "GlobalAvgPooling",
     "Pooling",
     "Relu",
     "Sigmoid",
@@ -261,12 +265,15 @@ def _bias_grad_like(b: Any, db: Any) -> Any:
 
 
 class Convolution:
-    """Convolution layer: x (N, C, H, W), W (F, C, FH, FW), b (F,) -> (N, F, OH, OW).
+    """Convolution layer: x (N, C, H, W), W (F, C // groups, FH, FW), b (F,) -> (N, F, OH, OW).
 
-    OH = (H + 2*pad - dilation*(FH - 1) - 1) // stride + 1 (OW likewise). ``algorithm`` (None:
-    the process setting, "auto" by default) as in :func:`fastconv.conv2d`. ``need_dx=False`` (the
-    first layer of a network, whose input needs no gradient): ``backward`` computes dW and db only
-    and returns None.
+    OH = (H + top + bottom - dilation*(FH - 1) - 1) // stride + 1 (OW likewise). ``pad`` takes every
+    form :func:`fastconv.conv2d` takes: an int, an (h, w) pair, ``((top, bottom), (left, right))``,
+    "valid" or "same". ``groups`` splits the channels into independent convolutions (``groups == C``:
+    depthwise). ``layout="NHWC"``: x, the output and dx are channels-last, (N, H, W, C); W keeps its
+    (F, C // groups, FH, FW) layout. ``algorithm`` (None: the process setting, "auto" by default) as in
+    :func:`fastconv.conv2d`. ``need_dx=False`` (the first layer of a network, whose input needs no
+    gradient): ``backward`` computes dW and db only and returns None.
     """
 
     def __init__(
@@ -274,9 +281,11 @@ class Convolution:
         W: Any,
         b: Any,
         stride: IntOrPair = 1,
-        pad: IntOrPair = 0,
-        *,
+        pad: PadSpec = 0,
         dilation: IntOrPair = 1,
+        groups: int = 1,
+        layout: str = "NCHW",
+        *,
         algorithm: str | None = None,
         need_dx: bool = True,
         backend: str | None = None,
@@ -286,6 +295,8 @@ class Convolution:
         self.stride = stride
         self.pad = pad
         self.dilation = dilation
+        self.groups = groups
+        self.layout = layout
         self.algorithm = algorithm
         self.need_dx = need_dx
         self.backend = backend
@@ -302,6 +313,8 @@ class Convolution:
             self.stride,
             self.pad,
             self.dilation,
+            groups=self.groups,
+            layout=self.layout,
             algorithm=self.algorithm,
             _layer_backend=self.backend,
         )
@@ -315,6 +328,85 @@ class Convolution:
             self.stride,
             self.pad,
             self.dilation,
+            groups=self.groups,
+            layout=self.layout,
+            need_dx=self.need_dx,
+            algorithm=self.algorithm,
+            _layer_backend=self.backend,
+        )
+        self.db = _bias_grad_like(self.b, db)
+        return dx
+
+
+class Deconvolution:
+    """Transposed convolution (PyTorch's ``ConvTranspose2d``): x (N, C_in, H, W), W (C_in, C_out // groups,
+    FH, FW), b (C_out,) -> (N, C_out, OH, OW), the adjoint of a convolution in its input.
+
+    OH = (H - 1)*stride - top - bottom + dilation*(FH - 1) + output_padding + 1 (OW likewise);
+    ``pad`` takes the forms :class:`Convolution` takes and crops the output, ``output_padding``
+    (an int or an (h, w) pair) adds rows/columns at the bottom/right. ``layout="NHWC"``: x, the
+    output and dx are channels-last; W keeps its layout. ``backward`` returns dx and sets ``dW`` and
+    ``db``; it runs as convolutions, so ``algorithm`` picks theirs (as in :func:`fastconv.conv2d`), and
+    ``need_dx=False`` skips dx (``backward`` returns None).
+    """
+
+    def __init__(
+        self,
+        W: Any,
+        b: Any,
+        stride: IntOrPair = 1,
+        pad: PadSpec = 0,
+        output_padding: IntOrPair = 0,
+        dilation: IntOrPair = 1,
+        groups: int = 1,
+        layout: str = "NCHW",
+        *,
+        algorithm: str | None = None,
+        need_dx: bool = True,
+        backend: str | None = None,
+    ) -> None:
+        self.W = W
+        self.b = b
+        self.stride = stride
+        self.pad = pad
+        self.output_padding = output_padding
+        self.dilation = dilation
+        self.groups = groups
+        self.layout = layout
+        self.algorithm = algorithm
+        self.need_dx = need_dx
+        self.backend = backend
+        self.x = None
+        self.dW = None
+        self.db = None
+
+    def forward(self, x: Any) -> Any:
+        self.x = x
+        return F.conv_transpose2d(
+            x,
+            self.W,
+            self.b,
+            self.stride,
+            self.pad,
+            self.output_padding,
+            self.dilation,
+            groups=self.groups,
+            layout=self.layout,
+            _layer_backend=self.backend,
+        )
+
+    def backward(self, dout: Any) -> Any:
+        x = require_forward(self, self.x)
+        dx, self.dW, db = F.conv_transpose2d_backward(
+            dout,
+            x,
+            self.W,
+            self.stride,
+            self.pad,
+            self.output_padding,
+            self.dilation,
+            groups=self.groups,
+            layout=self.layout,
             need_dx=self.need_dx,
             algorithm=self.algorithm,
             _layer_backend=self.backend,
@@ -326,7 +418,10 @@ class Convolution:
 class Pooling:
     """Max pooling: x (N, C, H, W) -> (N, C, OH, OW); padding is -inf; no parameters.
 
-    The gradient of each window goes to its first maximum in row-major window order.
+    ``pad`` as :func:`fastconv.max_pool2d` takes it (int, pair, ((top, bottom), (left, right)),
+    "valid", "same"); ``ceil_mode`` rounds the output size up as PyTorch does; ``layout="NHWC"``
+    for channels-last x. The gradient of each window goes to its first maximum in row-major window
+    order. The default stride is the book's, 2.
     """
 
     def __init__(
@@ -334,7 +429,9 @@ class Pooling:
         pool_h: int,
         pool_w: int,
         stride: IntOrPair = 2,
-        pad: IntOrPair = 0,
+        pad: PadSpec = 0,
+        ceil_mode: bool = False,
+        layout: str = "NCHW",
         *,
         dilation: IntOrPair = 1,
         backend: str | None = None,
@@ -343,15 +440,24 @@ class Pooling:
         self.pool_w = pool_w
         self.stride = stride
         self.pad = pad
+        self.ceil_mode = ceil_mode
+        self.layout = layout
         self.dilation = dilation
         self.backend = backend
-        self.x_shape = None
+        self.x_shape: tuple[int, ...] | None = None
         self.arg_max = None
 
     def forward(self, x: Any) -> Any:
         self.x_shape = tuple(x.shape)
         out, self.arg_max = F.max_pool2d(
-            x, (self.pool_h, self.pool_w), self.stride, self.pad, self.dilation, _layer_backend=self.backend
+            x,
+            (self.pool_h, self.pool_w),
+            self.stride,
+            self.pad,
+            self.dilation,
+            ceil_mode=self.ceil_mode,
+            layout=self.layout,
+            _layer_backend=self.backend,
         )
         return out
 
@@ -365,5 +471,84 @@ class Pooling:
             self.stride,
             self.pad,
             self.dilation,
+            ceil_mode=self.ceil_mode,
+            layout=self.layout,
             _layer_backend=self.backend,
         )
+
+
+class AvgPooling:
+    """Average pooling: x (N, C, H, W) -> (N, C, OH, OW); no parameters.
+
+    ``pad`` and ``ceil_mode`` as :class:`Pooling`; the divisor is PyTorch's: the whole window
+    (padding included, the part past the bottom/right padding of a ceil-mode window not) when
+    ``count_include_pad``, else the input elements in the window. ``layout="NHWC"`` for
+    channels-last x. The default stride is 2, as :class:`Pooling`'s.
+    """
+
+    def __init__(
+        self,
+        pool_h: int,
+        pool_w: int,
+        stride: IntOrPair = 2,
+        pad: PadSpec = 0,
+        ceil_mode: bool = False,
+        count_include_pad: bool = True,
+        layout: str = "NCHW",
+        *,
+        backend: str | None = None,
+    ) -> None:
+        self.pool_h = pool_h
+        self.pool_w = pool_w
+        self.stride = stride
+        self.pad = pad
+        self.ceil_mode = ceil_mode
+        self.count_include_pad = count_include_pad
+        self.layout = layout
+        self.backend = backend
+        self.x_shape: tuple[int, ...] | None = None
+
+    def forward(self, x: Any) -> Any:
+        self.x_shape = tuple(x.shape)
+        return F.avg_pool2d(
+            x,
+            (self.pool_h, self.pool_w),
+            self.stride,
+            self.pad,
+            ceil_mode=self.ceil_mode,
+            count_include_pad=self.count_include_pad,
+            layout=self.layout,
+            _layer_backend=self.backend,
+        )
+
+    def backward(self, dout: Any) -> Any:
+        x_shape = require_forward(self, self.x_shape)
+        return F.avg_pool2d_backward(
+            dout,
+            x_shape,
+            (self.pool_h, self.pool_w),
+            self.stride,
+            self.pad,
+            ceil_mode=self.ceil_mode,
+            count_include_pad=self.count_include_pad,
+            layout=self.layout,
+            _layer_backend=self.backend,
+        )
+
+
+class GlobalAvgPooling:
+    """Mean over each channel's whole image: x (N, C, H, W) -> (N, C, 1, 1), or (N, H, W, C) ->
+    (N, 1, 1, C) with ``layout="NHWC"``; no parameters. Flatten the result for a classifier head."""
+
+    def __init__(self, layout: str = "NCHW", *, backend: str | None = None) -> None:
+        self.layout = layout
+        self.backend = backend
+        self.x_shape: tuple[int, ...] | None = None
+
+    def forward(self, x: Any) -> Any:
+        self.x_shape = tuple(x.shape)
+        return F.global_avg_pool2d(x, layout=self.layout, _layer_backend=self.backend)
+
+    def backward(self, dout: Any) -> Any:
+        x_shape = require_forward(self, self.x_shape)
+        return F.global_avg_pool2d_backward(dout, x_shape, layout=self.layout, _layer_backend=self.backend)

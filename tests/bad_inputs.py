@@ -75,6 +75,17 @@ def _out_of_range(value: Callable[[int], int]) -> Callable[[np.ndarray], np.ndar
     return edit
 
 
+def _nhwc_ceil_pool_backward(dev, rng):
+    """A ceil-mode NHWC max pool's backward with one argmax value of kh*kw (outside the window)."""
+    x = _x(dev, rng, (2, 7, 8, 3))
+    geometry = ((3, 2), 2, ((1, 0), (0, 1)), 1, True, "NHWC")
+    y, argmax = fastconv.max_pool2d(x, *geometry)
+    bad = fastconv.to_host(argmax).copy()
+    bad.reshape(-1)[bad.size // 2] = 6
+    dout, bad = dev(rng.standard_normal(tuple(y.shape))), dev(bad)
+    return (lambda: fastconv.max_pool2d_backward(dout, bad, tuple(x.shape), *geometry)), [x, dout, bad]
+
+
 def _layer_forward(layer_factory, x_factory):
     def make(dev, rng):
         layer, x = layer_factory(dev, rng), x_factory(dev, rng)
@@ -144,7 +155,7 @@ def _cases() -> list[BadInput]:
             "conv-channel-mismatch",
             lambda d, r: (_conv(x := _x(d, r), W := _x(d, r, (4, 2, 3, 3))), [x, W]),
             ValueError,
-            r"channel mismatch: x has 3 channels.*W expects 2",
+            r"channel mismatch: x has 3 channels.*W \(4, 2, 3, 3\).* expects 2",
         ),
         BadInput(
             "conv-W-no-filters",
@@ -227,7 +238,7 @@ def _cases() -> list[BadInput]:
                 [g := _x(d, r, (2, 4, 5, 5)), x := _x(d, r), W := _x(d, r, W3)],
             ),
             ValueError,
-            r"dout must have the forward output's shape \(2, 4, 6, 5\), got \(2, 4, 5, 5\)",
+            r"dout must have the shape of conv2d's output, \(2, 4, 6, 5\).*got \(2, 4, 5, 5\)",
         ),
         BadInput(
             "conv-backward-dout-int",
@@ -333,6 +344,107 @@ def _cases() -> list[BadInput]:
             ),
             ValueError,
             r"x_shape must have N, C >= 0 and H, W >= 1, got \(-2, 3, 8, 7\)",
+        ),
+        # -- contract v2: groups, layouts, pad forms, transposed convolution, pools ------------------
+        BadInput(
+            "conv-groups-not-dividing",
+            lambda d, r: (_conv(x := _x(d, r), W := _x(d, r, (4, 1, 3, 3)), groups=2), [x, W]),
+            ValueError,
+            r"groups=2 must divide both the input channels \(3\) and the output channels \(4\)",
+        ),
+        BadInput(
+            "conv-groups-W-channels",
+            lambda d, r: (_conv(x := _x(d, r, (2, 4, 8, 7)), W := _x(d, r, (4, 4, 3, 3)), groups=2), [x, W]),
+            ValueError,
+            r"channel mismatch: x has 4 channels.*W \(4, 4, 3, 3\) with groups=2 expects 8",
+        ),
+        BadInput(
+            "conv-groups-float",
+            lambda d, r: (_conv(x := _x(d, r), W := _x(d, r, W3), groups=1.0), [x, W]),
+            TypeError,
+            r"groups must be an int, got float 1\.0",
+        ),
+        BadInput(
+            "conv-same-strided",
+            lambda d, r: (_conv(x := _x(d, r), W := _x(d, r, W3), stride=2, pad="same"), [x, W]),
+            ValueError,
+            r"pad='same' needs stride 1, got stride \(2, 2\)",
+        ),
+        BadInput(
+            "conv-pad-nested-short",
+            lambda d, r: (_conv(x := _x(d, r), W := _x(d, r, W3), pad=((1, 1), (1,))), [x, W]),
+            ValueError,
+            r"pad as \(\(top, bottom\), \(left, right\)\) needs two pairs, got \(\(1, 1\), \(1,\)\)",
+        ),
+        BadInput(
+            "conv-pad-nested-negative",
+            lambda d, r: (_conv(x := _x(d, r), W := _x(d, r, W3), pad=((0, -1), (1, 1))), [x, W]),
+            ValueError,
+            r"pad must be >= 0, got \(0, -1\)",
+        ),
+        BadInput(
+            "conv-pad-unknown-string",
+            lambda d, r: (_conv(x := _x(d, r), W := _x(d, r, W3), pad="full"), [x, W]),
+            ValueError,
+            r"pad must be an int, a pair, .*'valid' or 'same'; got 'full'",
+        ),
+        BadInput(
+            "conv-layout-unknown",
+            lambda d, r: (_conv(x := _x(d, r), W := _x(d, r, W3), layout="NWHC"), [x, W]),
+            ValueError,
+            r"layout must be 'NCHW' or 'NHWC', got 'NWHC'",
+        ),
+        BadInput(
+            "conv-nhwc-channels",
+            lambda d, r: (_conv(x := _x(d, r), W := _x(d, r, W3), layout="NHWC"), [x, W]),  # NCHW data
+            ValueError,
+            r"channel mismatch: x has 7 channels \(shape \(2, 3, 8, 7\), layout 'NHWC', channels on axis 3\)",
+        ),
+        BadInput(
+            "conv-transpose-output-padding",
+            lambda d, r: (
+                (lambda: fastconv.conv_transpose2d(x, W, stride=2, output_padding=2)),
+                [x := _x(d, r), W := _x(d, r, (3, 4, 3, 3))],
+            ),
+            ValueError,
+            r"output_padding height 2 must be smaller than the stride \(2\) or the dilation \(1\)",
+        ),
+        BadInput(
+            "conv-transpose-W-channels",
+            lambda d, r: (
+                (lambda: fastconv.conv_transpose2d(x, W)),
+                [x := _x(d, r), W := _x(d, r, (4, 3, 3, 3))],
+            ),
+            ValueError,
+            r"channel mismatch: x has 3 channels.*W \(4, 3, 3, 3\) expects 4",
+        ),
+        BadInput(
+            "pool-ceil-window-too-large",
+            lambda d, r: ((lambda: fastconv.max_pool2d(x, 3, ceil_mode=True)), [x := _x(d, r, (2, 3, 2, 7))]),
+            ValueError,
+            r"window height 3 \(kernel 3, dilation 1\) is larger than the padded input height 2",
+        ),
+        BadInput(
+            "pool-pad-bottom-over-half",
+            lambda d, r: (
+                (lambda: fastconv.avg_pool2d(x, 3, 2, ((0, 2), (1, 1)), ceil_mode=True)),
+                [x := _x(d, r)],
+            ),
+            ValueError,
+            r"pad 2 must be at most half the pooling window height 3",
+        ),
+        BadInput(
+            "avgpool-count-include-pad-int",
+            lambda d, r: ((lambda: fastconv.avg_pool2d(x, 2, count_include_pad=1)), [x := _x(d, r)]),
+            TypeError,
+            r"count_include_pad must be True or False, got 1",
+        ),
+        BadInput(
+            "pool-argmax-too-large-nhwc-ceil",
+            lambda d, r: _nhwc_ceil_pool_backward(d, r),
+            ValueError,
+            r"argmax holds 1 value outside \[0, 6\)",
+            in_kernel=True,
         ),
         # -- the book's im2col / col2im ------------------------------------------------------------
         BadInput(

@@ -185,9 +185,10 @@ def test_a_backend_that_declares_no_algorithms_runs_gemm_and_refuses_the_others(
     from fastconv.backends import REQUIRED
     from fastconv.backends import numpy as numpy_backend
 
-    plain = types.SimpleNamespace(**{a: getattr(numpy_backend, a) for a in REQUIRED})
+    # the NumPy backend's (version-2) kernels and contract, without its algorithm layer
+    plain = types.SimpleNamespace(**{a: getattr(numpy_backend, a) for a in (*REQUIRED, "contract")})
     plain.name = "plain"
-    assert not hasattr(plain, "algorithms")
+    assert plain.contract == 2 and not hasattr(plain, "algorithms")
     fastconv.register_backend("plain", plain)
     try:
         x, W, _ = _case(rng, 2, 3, 4, 8, 8, 3, "float64")
@@ -195,6 +196,16 @@ def test_a_backend_that_declares_no_algorithms_runs_gemm_and_refuses_the_others(
         assert np.array_equal(fastconv.conv2d(x, W, backend="plain"), want)
         assert np.array_equal(fastconv.conv2d(x, W, backend="plain", algorithm="gemm"), want)
         assert fastconv.conv_algorithm(x.shape, W.shape, backend="plain") == "gemm"
+        # the version-2 calls reach it: groups, NHWC, an asymmetric pad
+        W2 = rng.standard_normal((6, 1, 3, 3))  # groups=3 on x's 3 channels: depthwise, multiplier 2
+        x_nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        for args in (dict(groups=3), dict(layout="NHWC"), dict(pad=((0, 1), (2, 1)))):
+            xx = x_nhwc if args.get("layout") == "NHWC" else x
+            WW = W2 if "groups" in args else W
+            np.testing.assert_array_equal(
+                fastconv.conv2d(xx, WW, backend="plain", **args),
+                fastconv.conv2d(xx, WW, backend="numpy", algorithm="gemm", **args),
+            )
         with pytest.raises(ValueError, match="'winograd' is not implemented by backend 'plain'"):
             fastconv.conv2d(x, W, backend="plain", algorithm="winograd")
     finally:
@@ -259,12 +270,14 @@ def test_auto_rules_pick_an_algorithm_that_can_run_every_shape():
                     _algorithms.why_not(
                         impl,
                         name,
-                        direction,
-                        case.x_shape,
-                        case.w_shape,
-                        (case.stride,) * 2,
-                        (case.pad,) * 2,
-                        (1, 1),
+                        _algorithms.Conv(
+                            direction,
+                            case.x_shape,
+                            case.w_shape,
+                            (case.stride,) * 2,
+                            (case.pad,) * 4,
+                            (1, 1),
+                        ),
                     )
                     is None
                 )
@@ -324,10 +337,10 @@ def test_autotune_starts_from_the_environment_variable():
 
 
 def test_a_tuned_choice_holds_for_one_thread_count_and_gemm_threading():
-    args = ("forward", (2, 4, 10, 10), (4, 4, 3, 3), (1, 1), (1, 1), (1, 1), "float32")
+    conv = _algorithms.Conv("forward", (2, 4, 10, 10), (4, 4, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1))
     keys = set()
     for threads in (1, 2):
         for gemm_threads in ("blas", "split"):
             with fastconv.configure(threads=threads, gemm_threads=gemm_threads):
-                keys.add(_algorithms.Tuner.key(*args, _algorithms._threads()))
+                keys.add(_algorithms.Tuner.key(conv, "float32", _algorithms._threads()))
     assert len(keys) == 4

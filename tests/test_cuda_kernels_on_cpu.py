@@ -1,15 +1,21 @@
-"""The CUDA kernels, compiled for the CPU with g++ and cpu_compat.h, agree with the NumPy backend.
+"""The CUDA kernels, compiled for the CPU with g++ and cpu_compat.h, agree with torch in float64.
 
 These check the real index math of the real ``.cu`` sources on machines without a GPU: the same
 files NVRTC compiles for the cupy backend, launched as one block of one thread and called through
-ctypes on NumPy buffers with the cupy backend's own launch arguments (fastconv.backends.cuda).
-Outputs are pre-filled with NaN, so an element a kernel fails to write shows up.
+ctypes on NumPy buffers with the cupy backend's own launch arguments. Most tests go further and run
+the backend's whole ops (``fastconv.backends.cupy.ops`` / ``pooling``: grouped GEMMs, group chunks,
+layouts, depthwise kernels) on the CPU through ``cuda_tools.check.cpu_backend``, which swaps CuPy for
+NumPy and the CUDA launcher for the g++ build. Every output buffer starts as NaN, so an element a
+kernel fails to write shows up. The oracle is ``torch.nn.functional`` in float64 (pads it cannot
+express, asymmetric ones for pooling, go through ``fastconv.testing.reference``, itself checked
+against torch in tests/test_testing.py); argmax follows the contract's first-maximum / NaN rule.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -17,12 +23,17 @@ from cuda_tools import check as _cuda_check
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastconv._shapes import conv_output_size, effective_kernel
-from fastconv.backends import numpy as ref
+from fastconv.backends.cupy import kernels as _cu
+from fastconv.backends.cupy import ops as _ops
+from fastconv.testing import reference as ref
 
-SETTINGS = settings(max_examples=60, deadline=None)
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+SETTINGS = settings(max_examples=40, deadline=None)
 DTYPES = ("float32", "float64")
 INDEX = ("int32", "int64")
+LAYOUTS = ("NCHW", "NHWC")
 
 
 @pytest.fixture(scope="module")
@@ -35,72 +46,369 @@ def kernels() -> _cuda_check.CPUKernels:
     return _cuda_check.cpu_kernels()
 
 
+@contextmanager
+def col_budget(nbytes: int | None):
+    """Run the ops with a smaller column budget (None: unchanged), so grouped convolutions chunk."""
+    saved = _ops.COL_BUDGET_BYTES
+    if nbytes is not None:
+        _ops.COL_BUDGET_BYTES = nbytes
+    try:
+        yield
+    finally:
+        _ops.COL_BUDGET_BYTES = saved
+
+
+# ---------------------------------------------------------------------------------------------------
+# Shapes and oracles
+# ---------------------------------------------------------------------------------------------------
+
+
+def _eff(k: int, d: int) -> int:
+    return d * (k - 1) + 1
+
+
 @st.composite
-def geometries(draw, max_channels: int = 3):
-    """(x_shape, kh, kw, stride, pad, dilation) with the dilated window fitting the padded input."""
+def windows(draw, max_pad: int = 3, dilate: bool = True):
+    """kh, kw, stride, pad (top, bottom, left, right), dilation; non-square, asymmetric."""
     kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
     stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    pad = (draw(st.integers(0, 3)), draw(st.integers(0, 3)))
-    eh, ew = effective_kernel(kh, dilation[0]), effective_kernel(kw, dilation[1])
-    h = draw(st.integers(max(1, eh - 2 * pad[0]), eh + 7))
-    w = draw(st.integers(max(1, ew - 2 * pad[1]), ew + 7))
-    x_shape = (draw(st.integers(1, 3)), draw(st.integers(1, max_channels)), h, w)
-    return x_shape, kh, kw, stride, pad, dilation
+    dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 3))) if dilate else (1, 1)
+    pad = tuple(draw(st.integers(0, max_pad)) for _ in range(4))
+    return kh, kw, stride, pad, dilation
 
 
-def _col_shape(x_shape, kh, kw, stride, pad, dilation):
-    n, c, h, w = x_shape
-    oh, ow = conv_output_size((h, w), (kh, kw), stride, pad, dilation)
-    return n * oh * ow, c * kh * kw
+def _spatial(draw, kh, kw, pad, dilation):
+    eh, ew = _eff(kh, dilation[0]), _eff(kw, dilation[1])
+    h = draw(st.integers(max(1, eh - pad[0] - pad[1]), eh + 6))
+    w = draw(st.integers(max(1, ew - pad[2] - pad[3]), ew + 6))
+    return h, w
 
 
-def _close(dtype: str) -> dict:
-    return {"rtol": 1e-5, "atol": 1e-5} if dtype == "float32" else {"rtol": 1e-12, "atol": 1e-12}
+@st.composite
+def conv_cases(draw):
+    """(x_shape NCHW, W_shape, stride, pad4, dilation, groups); Cg == 1 (depthwise) about a third."""
+    kh, kw, stride, pad, dilation = draw(windows())
+    h, w = _spatial(draw, kh, kw, pad, dilation)
+    groups, cg, fg = draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    n = draw(st.integers(1, 3))
+    return (n, groups * cg, h, w), (groups * fg, cg, kh, kw), stride, pad, dilation, groups
 
 
-@SETTINGS
-@given(
-    g=geometries(),
-    dtype=st.sampled_from(DTYPES),
-    index=st.sampled_from(INDEX),
-    seed=st.integers(0, 2**32 - 1),
-)
-def test_im2col_kernel_matches_numpy_backend_in_both_layouts(kernels, g, dtype, index, seed):
-    x = np.random.default_rng(seed).standard_normal(g[0]).astype(dtype)
-    expected = ref.im2col(x, *g[1:])
-    col = kernels.im2col(x, *g[1:], index=index)
-    np.testing.assert_array_equal(col, expected)  # a copy: bit for bit
-    col_t = kernels.im2col(x, *g[1:], k_major=True, index=index)
-    np.testing.assert_array_equal(col_t, expected.T)
+def _out_hw(hw, kh, kw, stride, pad, dilation):
+    return (
+        ref.out_size(hw[0], kh, stride[0], pad[0], dilation[0], pad[1]),
+        ref.out_size(hw[1], kw, stride[1], pad[2], dilation[1], pad[3]),
+    )
 
 
-@SETTINGS
-@given(
-    g=geometries(),
-    dtype=st.sampled_from(DTYPES),
-    index=st.sampled_from(INDEX),
-    seed=st.integers(0, 2**32 - 1),
-)
-def test_col2im_kernel_matches_numpy_backend_in_both_layouts(kernels, g, dtype, index, seed):
-    col = np.random.default_rng(seed).standard_normal(_col_shape(*g)).astype(dtype)
-    expected = ref.col2im(col, *g)
-    dx = kernels.col2im(col, *g, index=index)
-    np.testing.assert_allclose(dx, expected, **_close(dtype))
-    dx_t = kernels.col2im(np.ascontiguousarray(col.T), *g, k_major=True, index=index)
-    np.testing.assert_array_equal(dx_t, dx)  # same gather order in both layouts
+def _to_layout(a: np.ndarray, layout: str) -> np.ndarray:
+    return a if layout == "NCHW" else np.ascontiguousarray(a.transpose(0, 2, 3, 1))
 
 
-@SETTINGS
-@given(g=geometries(), dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**32 - 1))
-def test_col2im_kernel_is_the_adjoint_of_im2col_kernel(kernels, g, dtype, seed):
-    # <im2col(x), c> == <x, col2im(c)> for every x and c
+def _from_layout(a: np.ndarray, layout: str) -> np.ndarray:
+    return a if layout == "NCHW" else np.ascontiguousarray(a.transpose(0, 3, 1, 2))
+
+
+def _t(a) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(a, dtype=np.float64).copy())
+
+
+def _torch_padded(x_nchw: np.ndarray, pad) -> torch.Tensor:
+    top, bottom, left, right = pad
+    return F.pad(_t(x_nchw), (left, right, top, bottom))
+
+
+def torch_conv(x, W, b, stride, pad, dilation, groups, dout=None):
+    """float64 y (NCHW) and, given dout, (dx, dW, db) by autograd; asymmetric pads through F.pad."""
+    xt, Wt = _t(x).requires_grad_(True), _t(W).requires_grad_(True)
+    bt = None if b is None else _t(b).requires_grad_(True)
+    top, bottom, left, right = pad
+    y = F.conv2d(F.pad(xt, (left, right, top, bottom)), Wt, bt, stride, 0, dilation, groups)
+    if dout is None:
+        return y.detach().numpy()
+    y.backward(_t(dout))
+    db = bt.grad.numpy() if bt is not None else _t(dout).sum((0, 2, 3)).numpy()
+    return y.detach().numpy(), xt.grad.numpy(), Wt.grad.numpy(), db
+
+
+def torch_im2col(x, kh, kw, stride, pad, dilation) -> np.ndarray:
+    """Book layout (N*OH*OW, C*kh*kw) from F.unfold of the explicitly padded x."""
+    n = x.shape[0]
+    u = F.unfold(_torch_padded(x, pad), (kh, kw), dilation=dilation, stride=stride)  # (N, C*kh*kw, L)
+    return u.transpose(1, 2).reshape(n * u.shape[2], u.shape[1]).numpy()
+
+
+def _close(got, want, dtype, scale_terms: int = 1):
+    """Compare with a tolerance for float32 that grows with the magnitude of what was summed."""
+    want = np.asarray(want, dtype=np.float64)
+    assert got.shape == want.shape, (got.shape, want.shape)
+    assert got.dtype == np.dtype(dtype)
+    assert not np.isnan(got).any() or np.isnan(want).any(), "an output element was never written"
+    if dtype == "float64":
+        np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-11 * max(1.0, np.abs(want).max(initial=0)))
+    else:
+        atol = 2e-6 * np.sqrt(scale_terms) * max(1.0, np.abs(want).max(initial=0))
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=atol)
+
+
+def _draw_arrays(seed, dtype, *shapes):
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal(g[0])
-    c = rng.standard_normal(_col_shape(*g))
-    lhs = np.vdot(kernels.im2col(x, *g[1:]), c)
-    rhs = np.vdot(x, kernels.col2im(c, *g))
-    assert lhs == pytest.approx(rhs, rel=1e-12, abs=1e-12)
+    return [rng.standard_normal(s).astype(dtype) for s in shapes]
+
+
+# ---------------------------------------------------------------------------------------------------
+# im2col / col2im kernels
+# ---------------------------------------------------------------------------------------------------
+
+
+@SETTINGS
+@given(
+    g=windows(),
+    data=st.data(),
+    dtype=st.sampled_from(DTYPES),
+    index=st.sampled_from(INDEX),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_im2col_kernel_matches_torch_unfold_in_both_column_layouts(kernels, g, data, dtype, index, seed):
+    kh, kw, stride, pad, dilation = g
+    h, w = _spatial(data.draw, kh, kw, pad, dilation)
+    shape = (data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)), h, w)
+    (x,) = _draw_arrays(seed, dtype, shape)
+    expected = torch_im2col(x, *g)
+    with _cuda_check.cpu_backend(kernels, index) as cb:
+        col = cb.im2col(x, *g)
+        col_t = _ops._im2col(x, *g, k_major=True)
+    np.testing.assert_array_equal(col, expected.astype(dtype))  # a copy: bit for bit
+    np.testing.assert_array_equal(col_t, col.T)
+
+
+@SETTINGS
+@given(
+    g=windows(),
+    data=st.data(),
+    dtype=st.sampled_from(DTYPES),
+    index=st.sampled_from(INDEX),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_col2im_kernel_matches_torch_fold_and_is_the_adjoint_of_im2col(kernels, g, data, dtype, index, seed):
+    kh, kw, stride, pad, dilation = g
+    h, w = _spatial(data.draw, kh, kw, pad, dilation)
+    shape = (data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)), h, w)
+    oh, ow = _out_hw((h, w), *g)
+    col, x = _draw_arrays(seed, dtype, (shape[0] * oh * ow, shape[1] * kh * kw), shape)
+    # torch.fold onto the padded plane, then crop: the sum over the columns reading each pixel
+    top, bottom, left, right = pad
+    u = _t(col).reshape(shape[0], oh * ow, -1).transpose(1, 2)
+    folded = F.fold(u, (h + top + bottom, w + left + right), (kh, kw), dilation=dilation, stride=stride)
+    expected = folded[:, :, top : top + h, left : left + w].numpy()
+    with _cuda_check.cpu_backend(kernels, index) as cb:
+        dx = cb.col2im(col, shape, *g)
+        dx_t = _ops._col2im(np.ascontiguousarray(col.T), shape, *g, k_major=True)
+        lhs = np.vdot(cb.im2col(x, *g).astype(np.float64), col.astype(np.float64))
+    _close(dx, expected, dtype, kh * kw)
+    np.testing.assert_array_equal(dx_t, dx)  # same gather order in both column layouts
+    assert lhs == pytest.approx(np.vdot(x.astype(np.float64), dx.astype(np.float64)), rel=1e-5, abs=1e-5)
+
+
+@SETTINGS
+@given(g=windows(), data=st.data(), dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**32 - 1))
+def test_nchw_channel_window_reads_and_writes_only_its_channels(kernels, g, data, dtype, seed):
+    kh, kw, stride, pad, dilation = g
+    h, w = _spatial(data.draw, kh, kw, pad, dilation)
+    cx = data.draw(st.integers(2, 5))
+    c0 = data.draw(st.integers(0, cx - 1))
+    count = data.draw(st.integers(1, cx - c0))
+    shape = (data.draw(st.integers(1, 2)), cx, h, w)
+    (x,) = _draw_arrays(seed, dtype, shape)
+    oh, ow = _out_hw((h, w), *g)
+    (col,) = _draw_arrays(seed + 1, dtype, (count * kh * kw, shape[0] * oh * ow))
+    with _cuda_check.cpu_backend(kernels) as cb:
+        full = _ops._im2col(x, *g, k_major=True)
+        part = _ops._im2col(x, *g, True, c0, count)
+        dx = np.full(shape, np.nan, dtype=dtype)
+        _ops._col2im(col, shape, *g, True, c0, count, out=dx)
+        whole = np.zeros((cx * kh * kw, col.shape[1]), dtype=dtype)
+        whole[c0 * kh * kw : (c0 + count) * kh * kw] = col
+        dx_whole = cb.col2im(np.ascontiguousarray(whole.T), shape, *g)
+    np.testing.assert_array_equal(part, full[c0 * kh * kw : (c0 + count) * kh * kw])
+    assert np.isnan(dx[:, :c0]).all() and np.isnan(dx[:, c0 + count :]).all()
+    np.testing.assert_array_equal(dx[:, c0 : c0 + count], dx_whole[:, c0 : c0 + count])
+
+
+@SETTINGS
+@given(
+    g=windows(),
+    data=st.data(),
+    dtype=st.sampled_from(DTYPES),
+    index=st.sampled_from(INDEX),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_nhwc_im2col_gives_per_group_rows_n_oh_ow_and_columns_i_j_c(kernels, g, data, dtype, index, seed):
+    kh, kw, stride, pad, dilation = g
+    h, w = _spatial(data.draw, kh, kw, pad, dilation)
+    groups, cg = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))
+    g0 = data.draw(st.integers(0, groups - 1))
+    count = data.draw(st.integers(1, groups - g0))
+    n = data.draw(st.integers(1, 2))
+    (x,) = _draw_arrays(seed, dtype, (n, groups * cg, h, w))
+    oh, ow = _out_hw((h, w), *g)
+    # torch: (N, C*kh*kw, L) with C outermost -> (G, N*L, kh*kw*Cg) with (i, j, c) innermost
+    u = F.unfold(_torch_padded(x, pad), (kh, kw), dilation=dilation, stride=stride).numpy()
+    u = u.reshape(n, groups, cg, kh, kw, oh * ow).transpose(1, 0, 5, 3, 4, 2)
+    expected = u.reshape(groups, n * oh * ow, kh * kw * cg)[g0 : g0 + count]
+    x_nhwc = _to_layout(x, "NHWC")
+    with _cuda_check.cpu_backend(kernels, index):
+        col = _ops._im2col_nhwc(x_nhwc, *g, groups, g0, count)
+        (dcol,) = _draw_arrays(seed + 1, dtype, col.shape)
+        dx = np.full(x_nhwc.shape, np.nan, dtype=dtype)
+        _ops._col2im_nhwc(dcol, x_nhwc.shape, *g, groups, g0, count, out=dx)
+    np.testing.assert_array_equal(col, expected.astype(dtype))
+    # col2im_nhwc writes exactly the chunk's channels, and is the adjoint of im2col_nhwc there
+    chans = slice(g0 * cg, (g0 + count) * cg)
+    assert not np.isnan(dx[..., chans]).any()
+    assert np.isnan(np.delete(dx, np.arange(g0 * cg, (g0 + count) * cg), axis=3)).all()
+    lhs = np.vdot(col.astype(np.float64), dcol.astype(np.float64))
+    rhs = np.vdot(x_nhwc[..., chans].astype(np.float64), dx[..., chans].astype(np.float64))
+    assert lhs == pytest.approx(rhs, rel=1e-5, abs=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Convolution: the backend's ops on the CPU build, against torch
+# ---------------------------------------------------------------------------------------------------
+
+
+@SETTINGS
+@given(
+    case=conv_cases(),
+    layout=st.sampled_from(LAYOUTS),
+    dtype=st.sampled_from(DTYPES),
+    bias=st.booleans(),
+    chunked=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_conv2d_forward_matches_torch_with_groups_depthwise_and_both_layouts(
+    kernels, case, layout, dtype, bias, chunked, seed
+):
+    xs, ws, stride, pad, dilation, groups = case
+    x, W, b = _draw_arrays(seed, dtype, xs, ws, (ws[0],))
+    b = b if bias else None
+    expected = torch_conv(x, W, b, stride, pad, dilation, groups)
+    x_in = _to_layout(x, layout)
+    x0, W0 = x_in.copy(), W.copy()
+    with col_budget(1 if chunked else None), _cuda_check.cpu_backend(kernels) as cb:
+        y = cb.conv2d_forward(x_in, W, b, stride, pad, dilation, groups, layout)
+    assert y.flags.c_contiguous
+    _close(_from_layout(y, layout), expected, dtype, ws[1] * ws[2] * ws[3])
+    np.testing.assert_array_equal(x_in, x0)
+    np.testing.assert_array_equal(W, W0)
+
+
+@SETTINGS
+@given(
+    case=conv_cases(),
+    layout=st.sampled_from(LAYOUTS),
+    dtype=st.sampled_from(DTYPES),
+    chunked=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_conv2d_backward_matches_torch_autograd(kernels, case, layout, dtype, chunked, seed):
+    xs, ws, stride, pad, dilation, groups = case
+    oh, ow = _out_hw(xs[2:], ws[2], ws[3], stride, pad, dilation)
+    x, W, dout = _draw_arrays(seed, dtype, xs, ws, (xs[0], ws[0], oh, ow))
+    _, dx_ref, dW_ref, db_ref = torch_conv(x, W, None, stride, pad, dilation, groups, dout)
+    x_in, dout_in = _to_layout(x, layout), _to_layout(dout, layout)
+    dout0 = dout_in.copy()
+    with col_budget(1 if chunked else None), _cuda_check.cpu_backend(kernels) as cb:
+        dx, dW, db = cb.conv2d_backward(dout_in, x_in, W, stride, pad, dilation, groups, layout)
+        none, dW2, db2 = cb.conv2d_backward(
+            dout_in, x_in, W, stride, pad, dilation, groups, layout, need_dx=False
+        )
+        dx_only = cb.conv2d_backward_data(dout_in, W, x_in.shape, stride, pad, dilation, groups, layout)
+    terms = xs[0] * oh * ow
+    _close(_from_layout(dx, layout), dx_ref, dtype, ws[0] * ws[2] * ws[3])
+    _close(dW, dW_ref, dtype, terms)
+    _close(db, db_ref, dtype, terms)
+    assert none is None
+    np.testing.assert_array_equal(dW2, dW)
+    np.testing.assert_array_equal(db2, db)
+    np.testing.assert_array_equal(dx_only, dx)
+    np.testing.assert_array_equal(dout_in, dout0)
+
+
+@pytest.mark.parametrize("threads", [1, 100, _cu.DW_FILTER_THREADS])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_depthwise_dW_is_the_same_for_any_chunking_of_its_reduction(kernels, rng, threads, layout):
+    # the chunk count P follows DW_FILTER_THREADS; every P gives the torch result (to rounding)
+    xs, ws, stride, pad, dilation = (2, 3, 9, 7), (6, 1, 3, 2), (2, 1), (1, 0, 2, 1), (1, 2)
+    x, W = rng.standard_normal(xs), rng.standard_normal(ws)
+    oh, ow = _out_hw(xs[2:], 3, 2, stride, pad, dilation)
+    dout = rng.standard_normal((2, 6, oh, ow))
+    _, _, dW_ref, _ = torch_conv(x, W, None, stride, pad, dilation, 3, dout)
+    saved = _cu.DW_FILTER_THREADS
+    _cu.DW_FILTER_THREADS = threads
+    try:
+        first, _ = _cu.dw_bwd_filter_args(_to_layout(x, layout).shape, 6, 3, 2, stride, pad, dilation, layout)
+        with _cuda_check.cpu_backend(kernels) as cb:
+            _, dW, _ = cb.conv2d_backward(
+                _to_layout(dout, layout), _to_layout(x, layout), W, stride, pad, dilation, 3, layout
+            )
+    finally:
+        _cu.DW_FILTER_THREADS = saved
+    assert (first.out_shape[0] == 1) == (threads == 1)  # one chunk, or several summed in order
+    _close(dW, dW_ref, "float64")
+
+
+def test_depthwise_dW_partial_sums_split_the_rows_into_whole_chunks():
+    for rows_shape in [(1, 1, 1, 1), (3, 2, 17, 5), (4, 64, 30, 30)]:
+        first, second = _cu.dw_bwd_filter_args(
+            rows_shape, 2 * rows_shape[1], 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), "NCHW"
+        )
+        p, chunk = first.scalars[:2]
+        rows = rows_shape[0] * rows_shape[2] * rows_shape[3]
+        assert (p - 1) * chunk < rows <= p * chunk  # every chunk holds at least one row
+        assert second.scalars == (p, 2 * rows_shape[1] * 9)
+
+
+def test_grouped_conv_chunks_run_every_group_once():
+    saved = _ops.COL_BUDGET_BYTES
+    try:
+        _ops.COL_BUDGET_BYTES = 100
+        assert _ops._group_chunks(5, 40) == [(0, 2), (2, 2), (4, 1)]
+        assert _ops._group_chunks(3, 1000) == [(0, 1), (1, 1), (2, 1)]
+    finally:
+        _ops.COL_BUDGET_BYTES = saved
+    assert _ops._group_chunks(7, 10) == [(0, 7)]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pooling
+# ---------------------------------------------------------------------------------------------------
+
+
+@st.composite
+def pool_cases(draw, dilate: bool):
+    """(x_shape NCHW, kh, kw, stride, pad4, dilation, ceil_mode, out_hw): pads at most half the
+    (effective) window, as PyTorch allows, so every window holds an input element."""
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 3))) if dilate else (1, 1)
+    eh, ew = _eff(kh, dilation[0]), _eff(kw, dilation[1])
+    lim_h, lim_w = (eh // 2, ew // 2) if dilate else (kh // 2, kw // 2)
+    pad = (
+        draw(st.integers(0, lim_h)),
+        draw(st.integers(0, lim_h)),
+        draw(st.integers(0, lim_w)),
+        draw(st.integers(0, lim_w)),
+    )
+    h = draw(st.integers(max(1, eh - pad[0] - pad[1]), eh + 6))
+    w = draw(st.integers(max(1, ew - pad[2] - pad[3]), ew + 6))
+    ceil_mode = draw(st.booleans())
+    out_hw = (
+        ref.pool_out_size(h, kh, stride[0], pad[0], dilation[0], ceil_mode, pad[1]),
+        ref.pool_out_size(w, kw, stride[1], pad[2], dilation[1], ceil_mode, pad[3]),
+    )
+    x_shape = (draw(st.integers(1, 2)), draw(st.integers(1, 3)), h, w)
+    return x_shape, kh, kw, stride, pad, dilation, ceil_mode, out_hw
 
 
 def _pool_input(rng, shape, dtype, kind):
@@ -115,111 +423,225 @@ def _pool_input(rng, shape, dtype, kind):
     return x
 
 
+def _symmetric(pad) -> bool:
+    return pad[0] == pad[1] and pad[2] == pad[3]
+
+
 @SETTINGS
 @given(
-    g=geometries(),
+    case=pool_cases(dilate=True),
+    layout=st.sampled_from(LAYOUTS),
     dtype=st.sampled_from(DTYPES),
     index=st.sampled_from(INDEX),
     kind=st.sampled_from(["random", "ties", "nan_inf"]),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_maxpool_forward_kernel_matches_numpy_backend_with_ties_nan_and_padding(
-    kernels, g, dtype, index, kind, seed
+def test_max_pool_forward_and_backward_match_torch_and_the_first_maximum_rule(
+    kernels, case, layout, dtype, index, kind, seed
 ):
-    x = _pool_input(np.random.default_rng(seed), g[0], dtype, kind)
-    y_ref, arg_ref = ref.maxpool2d_forward(x, *g[1:])
-    y, arg = kernels.maxpool_fwd(x, *g[1:], index=index)
-    np.testing.assert_array_equal(y, y_ref)  # NaN == NaN for assert_array_equal
-    np.testing.assert_array_equal(arg, arg_ref)
-    assert arg.dtype == np.int32
+    xs, kh, kw, stride, pad, dilation, ceil_mode, out_hw = case
+    rng = np.random.default_rng(seed)
+    x = _pool_input(rng, xs, dtype, kind)
+    dout = rng.standard_normal((xs[0], xs[1], *out_hw)).astype(dtype)
+    x_in, dout_in = _to_layout(x, layout), _to_layout(dout, layout)
+    with _cuda_check.cpu_backend(kernels, index) as cb:
+        y, arg = cb.maxpool2d_forward(x_in, kh, kw, stride, pad, dilation, out_hw, layout)
+        dx = cb.maxpool2d_backward(dout_in, arg, x_in.shape, kh, kw, stride, pad, dilation, layout)
+    assert arg.dtype == np.int32 and y.shape == arg.shape == dout_in.shape
+    # values: torch where it can express the padding (symmetric, at most half the kernel)
+    torch_ok = _symmetric(pad) and pad[0] <= kh // 2 and pad[2] <= kw // 2
+    if torch_ok:
+        y_ref = F.max_pool2d(_t(x), (kh, kw), stride, (pad[0], pad[2]), dilation, ceil_mode).numpy()
+    else:
+        y_ref, _ = ref.max_pool2d(x, (kh, kw), stride, pad, dilation, out_hw)
+    np.testing.assert_array_equal(_from_layout(y, layout), y_ref.astype(dtype))
+    # argmax: the first maximum in row-major window order, NaN the maximum (torch takes the last NaN)
+    y_r, arg_r = ref.max_pool2d(x, (kh, kw), stride, pad, dilation, out_hw)
+    np.testing.assert_array_equal(_from_layout(arg, layout), arg_r)
+    dx_ref = ref.max_pool2d_backward(dout, arg_r, xs, (kh, kw), stride, pad, dilation)
+    _close(_from_layout(dx, layout), dx_ref, dtype, kh * kw)
+    if kind == "random" and torch_ok:  # no ties: torch's gradient is the same
+        xt = _t(x).requires_grad_(True)
+        F.max_pool2d(xt, (kh, kw), stride, (pad[0], pad[2]), dilation, ceil_mode).backward(_t(dout))
+        _close(_from_layout(dx, layout), xt.grad.numpy(), dtype, kh * kw)
 
 
 @SETTINGS
 @given(
-    g=geometries(),
+    case=pool_cases(dilate=False),
+    layout=st.sampled_from(LAYOUTS),
     dtype=st.sampled_from(DTYPES),
     index=st.sampled_from(INDEX),
-    from_forward=st.booleans(),
+    count_include_pad=st.booleans(),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_maxpool_backward_kernel_matches_numpy_backend(kernels, g, dtype, index, from_forward, seed):
-    rng = np.random.default_rng(seed)
-    x_shape, kh, kw = g[0], g[1], g[2]
-    n, c = x_shape[:2]
-    oh, ow = conv_output_size(x_shape[2:], (kh, kw), g[3], g[4], g[5])
-    if from_forward:
-        _, argmax = kernels.maxpool_fwd(_pool_input(rng, x_shape, dtype, "ties"), *g[1:])
-    else:  # any argmax, including ones that name padding (their gradient is dropped)
-        argmax = rng.integers(0, kh * kw, size=(n, c, oh, ow)).astype(np.int32)
-    dout = rng.standard_normal((n, c, oh, ow)).astype(dtype)
-    expected = ref.maxpool2d_backward(dout, argmax, *g)
-    dx = kernels.maxpool_bwd(dout, argmax, *g, index=index)
-    np.testing.assert_allclose(dx, expected, **_close(dtype))
+def test_avg_pool_forward_and_backward_match_torch_divisor_rule(
+    kernels, case, layout, dtype, index, count_include_pad, seed
+):
+    xs, kh, kw, stride, pad, _, ceil_mode, out_hw = case
+    x, dout = _draw_arrays(seed, dtype, xs, (xs[0], xs[1], *out_hw))
+    x_in, dout_in = _to_layout(x, layout), _to_layout(dout, layout)
+    x0 = x_in.copy()
+    with _cuda_check.cpu_backend(kernels, index) as cb:
+        y = cb.avgpool2d_forward(x_in, kh, kw, stride, pad, out_hw, count_include_pad, layout)
+        dx = cb.avgpool2d_backward(dout_in, x_in.shape, kh, kw, stride, pad, count_include_pad, layout)
+    if _symmetric(pad):
+        xt = _t(x).requires_grad_(True)
+        yt = F.avg_pool2d(xt, (kh, kw), stride, (pad[0], pad[2]), ceil_mode, count_include_pad)
+        yt.backward(_t(dout))
+        y_ref, dx_ref = yt.detach().numpy(), xt.grad.numpy()
+    else:  # torch cannot pad asymmetrically here; the reference (checked against torch) can
+        y_ref = ref.avg_pool2d(x, (kh, kw), stride, pad, out_hw, count_include_pad)
+        dx_ref = ref.avg_pool2d_backward(dout, xs, (kh, kw), stride, pad, count_include_pad)
+    _close(_from_layout(y, layout), y_ref, dtype, kh * kw)
+    _close(_from_layout(dx, layout), dx_ref, dtype, kh * kw)
+    np.testing.assert_array_equal(x_in, x0)
 
 
-def test_pooling_kernel_sends_gradient_to_first_maximum(kernels):
+@pytest.mark.parametrize("count_include_pad", [True, False])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize(
+    "hw, k, stride, pad",
+    [
+        ((5, 6), (3, 2), (2, 2), (1, 0, 0, 1)),  # the last row window is cut at H + bottom
+        ((7, 5), (4, 3), (3, 2), (2, 1, 1, 0)),
+        ((6, 7), (3, 4), (2, 3), (0, 1, 2, 0)),
+    ],
+)
+def test_avg_pool_ceil_mode_counts_no_element_past_the_bottom_right_padding(
+    kernels, rng, hw, k, stride, pad, layout, count_include_pad
+):
+    out_hw = tuple(
+        ref.pool_out_size(hw[a], k[a], stride[a], pad[2 * a], 1, True, pad[2 * a + 1]) for a in range(2)
+    )
+    x, dout = rng.standard_normal((2, 3, *hw)), rng.standard_normal((2, 3, *out_hw))
+    with _cuda_check.cpu_backend(kernels) as cb:
+        y = cb.avgpool2d_forward(_to_layout(x, layout), *k, stride, pad, out_hw, count_include_pad, layout)
+        dx = cb.avgpool2d_backward(
+            _to_layout(dout, layout), _to_layout(x, layout).shape, *k, stride, pad, count_include_pad, layout
+        )
+    y_ref = ref.avg_pool2d(x, k, stride, pad, out_hw, count_include_pad)
+    dx_ref = ref.avg_pool2d_backward(dout, x.shape, k, stride, pad, count_include_pad)
+    _close(_from_layout(y, layout), y_ref, "float64")
+    _close(_from_layout(dx, layout), dx_ref, "float64")
+
+
+def test_global_average_pooling_is_an_avg_pool_over_the_whole_plane(kernels, rng):
+    x = rng.standard_normal((2, 5, 7, 3))  # NHWC
+    with _cuda_check.cpu_backend(kernels) as cb:
+        y = cb.avgpool2d_forward(x, 5, 7, (5, 7), (0, 0, 0, 0), (1, 1), True, "NHWC")
+        dx = cb.avgpool2d_backward(np.ones_like(y), x.shape, 5, 7, (5, 7), (0, 0, 0, 0), True, "NHWC")
+    np.testing.assert_allclose(y, x.mean(axis=(1, 2), keepdims=True), rtol=1e-13)
+    np.testing.assert_allclose(dx, np.full(x.shape, 1 / 35), rtol=1e-13)
+
+
+def test_max_pool_sends_gradient_to_the_first_maximum(kernels):
     x = np.array([[[[1.0, 3.0], [3.0, 2.0]]]])
-    y, argmax = kernels.maxpool_fwd(x, 2, 2, (1, 1), (0, 0), (1, 1))
+    with _cuda_check.cpu_backend(kernels) as cb:
+        y, argmax = cb.maxpool2d_forward(x, 2, 2, (1, 1), (0, 0, 0, 0), (1, 1), (1, 1))
+        dx = cb.maxpool2d_backward(np.array([[[[5.0]]]]), argmax, x.shape, 2, 2, (1, 1), (0, 0, 0, 0), (1, 1))
     assert y.item() == 3.0 and argmax.item() == 1
-    dx = kernels.maxpool_bwd(np.array([[[[5.0]]]]), argmax, x.shape, 2, 2, (1, 1), (0, 0), (1, 1))
     np.testing.assert_array_equal(dx, [[[[0.0, 5.0], [0.0, 0.0]]]])
 
 
-def test_pooling_kernel_treats_nan_as_the_maximum_and_padding_as_minus_infinity(kernels):
+def test_max_pool_treats_nan_as_the_maximum_and_padding_as_minus_infinity(kernels):
     x = np.array([[[[-5.0, np.nan], [np.inf, np.nan]]]], dtype=np.float32)
-    y, argmax = kernels.maxpool_fwd(x, 2, 2, (1, 1), (0, 0), (1, 1))
-    assert np.isnan(y.item()) and argmax.item() == 1
-    # a 3x3 window at the corner of a padded input sees -inf padding and the value -7
-    y, argmax = kernels.maxpool_fwd(np.full((1, 1, 1, 1), -7.0), 3, 3, (1, 1), (1, 1), (1, 1))
-    assert y.item() == -7.0 and argmax.item() == 4
+    with _cuda_check.cpu_backend(kernels) as cb:
+        y, argmax = cb.maxpool2d_forward(x, 2, 2, (1, 1), (0, 0, 0, 0), (1, 1), (1, 1))
+        assert np.isnan(y.item()) and argmax.item() == 1
+        # a 3x3 window at the corner of a padded input sees -inf padding and the value -7
+        y, argmax = cb.maxpool2d_forward(
+            np.full((1, 1, 1, 1), -7.0), 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), (1, 1)
+        )
+        assert y.item() == -7.0 and argmax.item() == 4
 
 
-def test_pooling_kernel_gives_minus_infinity_for_a_window_wholly_in_padding(kernels):
-    x = np.arange(1.0, 5.0).reshape(1, 1, 2, 2)
-    y, argmax = kernels.maxpool_fwd(x, 1, 1, (3, 3), (3, 3), (1, 1))  # windows at rows/cols -3, 0
-    assert y[0, 0, 0, 0] == -np.inf and argmax[0, 0, 0, 0] == 0
-    dx = kernels.maxpool_bwd(np.ones_like(y), argmax, x.shape, 1, 1, (3, 3), (3, 3), (1, 1))
-    np.testing.assert_array_equal(dx, [[[[1.0, 0.0], [0.0, 0.0]]]])
+def test_max_pool_ceil_mode_window_past_the_padding_is_cut(kernels):
+    # H = 5, k = 2, s = 2, no pad, ceil mode: 3 windows, the last holds row 4 only
+    x = np.arange(25.0).reshape(1, 5, 5, 1)  # NHWC
+    with _cuda_check.cpu_backend(kernels) as cb:
+        y, argmax = cb.maxpool2d_forward(x, 2, 2, (2, 2), (0, 0, 0, 0), (1, 1), (3, 3), "NHWC")
+        dx = cb.maxpool2d_backward(
+            np.ones_like(y), argmax, x.shape, 2, 2, (2, 2), (0, 0, 0, 0), (1, 1), "NHWC"
+        )
+    np.testing.assert_array_equal(y[0, :, :, 0], [[6, 8, 9], [16, 18, 19], [21, 23, 24]])
+    assert dx.sum() == 9 and dx[0, 4, 4, 0] == 1
 
 
+def test_max_pool_backward_refuses_an_argmax_outside_the_window(kernels):
+    x = np.ones((1, 2, 4, 4))
+    with _cuda_check.cpu_backend(kernels) as cb:
+        y, argmax = cb.maxpool2d_forward(x, 2, 2, (2, 2), (0, 0, 0, 0), (1, 1), (2, 2))
+        argmax[0, 1, 1, 0] = 4
+        with pytest.raises(ValueError, match=r"outside \[0, 4\)"):
+            cb.maxpool2d_backward(y, argmax, x.shape, 2, 2, (2, 2), (0, 0, 0, 0), (1, 1))
+        with pytest.raises(ValueError, match="one shape"):
+            cb.maxpool2d_backward(y, argmax[:, :1], x.shape, 2, 2, (2, 2), (0, 0, 0, 0), (1, 1))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Determinism, index types, inputs
+# ---------------------------------------------------------------------------------------------------
+
+
+def _everything(cb, dtype, rng, layout="NCHW"):
+    """Every op once on fixed shapes, grouped and depthwise: a flat list of outputs."""
+    xs = (2, 6, 11, 9)
+    x = _to_layout(rng.standard_normal(xs).astype(dtype), layout)
+    geometry = ((1, 2), (1, 2, 0, 1), (2, 1))
+    outs = []
+    for ws, groups in (((4, 3, 3, 2), 2), ((12, 1, 3, 3), 6), ((5, 6, 2, 2), 1)):
+        W = rng.standard_normal(ws).astype(dtype)
+        y = cb.conv2d_forward(x, W, None, *geometry, groups, layout)
+        dout = rng.standard_normal(y.shape).astype(dtype)
+        outs += [y, *cb.conv2d_backward(dout, x, W, *geometry, groups, layout)]
+        outs.append(cb.conv2d_backward_data(dout, W, x.shape, *geometry, groups, layout))
+    y, arg = cb.maxpool2d_forward(x, 3, 3, (2, 2), (1, 1, 1, 0), (1, 1), (6, 4), layout)
+    outs += [y, arg, cb.maxpool2d_backward(y, arg, x.shape, 3, 3, (2, 2), (1, 1, 1, 0), (1, 1), layout)]
+    a = cb.avgpool2d_forward(x, 3, 2, (2, 2), (1, 0, 1, 1), (6, 5), False, layout)
+    outs += [a, cb.avgpool2d_backward(a, x.shape, 3, 2, (2, 2), (1, 0, 1, 1), False, layout)]
+    if layout == "NCHW":
+        col = cb.im2col(x, 3, 2, *geometry)
+        outs += [col, cb.col2im(col, x.shape, 3, 2, *geometry)]
+    return outs
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_gather_kernels_are_bitwise_deterministic(kernels, dtype, rng):
-    g = ((2, 3, 11, 9), 3, 3, (1, 2), (1, 1), (2, 1))
-    col = rng.standard_normal(_col_shape(*g)).astype(dtype)
-    assert kernels.col2im(col, *g).tobytes() == kernels.col2im(col, *g).tobytes()
-    x = rng.standard_normal(g[0]).astype(dtype)
-    _, argmax = kernels.maxpool_fwd(x, *g[1:])
-    dout = rng.standard_normal(argmax.shape).astype(dtype)
-    a = kernels.maxpool_bwd(dout, argmax, *g)
-    assert a.tobytes() == kernels.maxpool_bwd(dout, argmax, *g).tobytes()
+def test_every_op_is_bitwise_deterministic_and_index_types_agree(kernels, dtype, layout):
+    runs = []
+    for index in (None, None, "int64"):
+        with _cuda_check.cpu_backend(kernels, index) as cb:
+            runs.append(_everything(cb, dtype, np.random.default_rng(7), layout))
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other, strict=True):
+            assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_32_and_64_bit_index_instantiations_agree_bit_for_bit(kernels, dtype, rng):
-    g = ((2, 2, 10, 12), 3, 2, (2, 1), (1, 2), (1, 2))
-    x = rng.standard_normal(g[0]).astype(dtype)
-    col = rng.standard_normal(_col_shape(*g)).astype(dtype)
-    for k_major in (False, True):
-        a, b = (kernels.im2col(x, *g[1:], k_major=k_major, index=i) for i in INDEX)
-        np.testing.assert_array_equal(a, b)
-    a, b = (kernels.col2im(col, *g, index=i) for i in INDEX)
-    assert a.tobytes() == b.tobytes()
-    (ya, aa), (yb, ab) = (kernels.maxpool_fwd(x, *g[1:], index=i) for i in INDEX)
-    np.testing.assert_array_equal(ya, yb)
-    np.testing.assert_array_equal(aa, ab)
-
-
-def test_kernels_leave_their_inputs_unchanged(kernels, rng):
-    g = ((2, 3, 7, 8), 3, 3, (1, 1), (1, 1), (1, 1))
-    x = rng.standard_normal(g[0])
+def test_ops_leave_their_inputs_unchanged(kernels, rng):
+    x = rng.standard_normal((2, 6, 11, 9))
     x0 = x.copy()
-    kernels.im2col(x, *g[1:])
-    y, argmax = kernels.maxpool_fwd(x, *g[1:])
-    np.testing.assert_array_equal(x, x0)
-    col = rng.standard_normal(_col_shape(*g))
-    col0, arg0, y0 = col.copy(), argmax.copy(), y.copy()
-    kernels.col2im(col, *g)
-    kernels.maxpool_bwd(y, argmax, *g)
-    np.testing.assert_array_equal(col, col0)
-    np.testing.assert_array_equal(argmax, arg0)
-    np.testing.assert_array_equal(y, y0)
+    with _cuda_check.cpu_backend(kernels) as cb:
+        _everything(cb, "float64", np.random.default_rng(3))
+        # _everything draws its own arrays; check ours through one call of each kind
+        W = rng.standard_normal((12, 1, 3, 3))
+        W0 = W.copy()
+        y = cb.conv2d_forward(x, W, None, (1, 1), (1, 1, 1, 1), (1, 1), 6, "NCHW")
+        y0 = y.copy()
+        cb.conv2d_backward(y, x, W, (1, 1), (1, 1, 1, 1), (1, 1), 6, "NCHW")
+        cb.conv2d_backward_data(y, W, x.shape, (1, 1), (1, 1, 1, 1), (1, 1), 6, "NCHW")
+        p, arg = cb.maxpool2d_forward(x, 2, 2, (2, 2), (0, 0, 0, 0), (1, 1), (5, 4))
+        p0, arg0 = p.copy(), arg.copy()
+        cb.maxpool2d_backward(p, arg, x.shape, 2, 2, (2, 2), (0, 0, 0, 0), (1, 1))
+        cb.avgpool2d_backward(p, x.shape, 2, 2, (2, 2), (0, 0, 0, 0), True)
+    for a, b in ((x, x0), (W, W0), (y, y0), (p, p0), (arg, arg0)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_cpu_backend_restores_the_gpu_runtime():
+    from fastconv.backends.cupy import runtime as rt
+
+    before = (rt.cupy, rt.launch, rt.require)
+    with pytest.raises(RuntimeError), _cuda_check.cpu_backend():
+        raise RuntimeError("inside")
+    assert (rt.cupy, rt.launch, rt.require) == before

@@ -60,7 +60,7 @@ def test_nvrtc_check_rejects_a_type_error(nvrtc):
 def test_nvrtc_check_rejects_a_kernel_whose_instantiation_does_not_exist(nvrtc):
     with pytest.raises((_cuda_check.NVRTCCompileError, RuntimeError)):
         _cuda_check.nvrtc_compile(
-            cuda.source("maxpool.cu"), "maxpool.cu", "compute_80", ["fc_maxpool_fwd<int, int, int>"]
+            cuda.source("pool.cu"), "pool.cu", "compute_80", ["fc_maxpool_fwd<int, int, int>"]
         )
 
 
@@ -74,6 +74,28 @@ def test_every_kernel_is_declared_in_the_kernel_table():
     for file in cuda.FILES:
         declared |= {(m, file) for m in re.findall(r"__global__\s+void\s+(\w+)\s*\(", cuda.source(file))}
     assert declared == {(k.name, k.file) for k in cuda.KERNELS.values()}
+
+
+def _declared_params(file: str) -> dict[str, tuple[str, ...]]:
+    """Each kernel's parameter types as written in the .cu file, names and __restrict__ dropped."""
+    out = {}
+    text = (cuda.SOURCE_DIR / file).read_text()
+    for name, params in re.findall(r"__global__\s+void\s+(\w+)\s*\(([^)]*)\)", text):
+        types = []
+        for p in params.split(","):
+            p = re.sub(r"\s+", " ", p.replace("__restrict__", "")).strip()
+            types.append(re.sub(r"\s*\w+$", "", p).replace(" *", "*"))
+        out[name] = tuple(types)
+    return out
+
+
+def test_kernel_table_parameter_types_match_the_cuda_signatures():
+    # the launcher converts each scalar to the table's type (int, or the index type I): a table that
+    # said "int" where the kernel takes I would pass 4 bytes for 8 on the GPU (C++ would convert it
+    # silently in the CPU build)
+    for file in cuda.FILES:
+        for name, params in _declared_params(file).items():
+            assert cuda.KERNELS[name].params == params, name
 
 
 def test_every_kernel_carries_an_index_math_comment():
@@ -95,7 +117,16 @@ def test_index_type_switches_to_64_bit_at_two_to_the_31():
     assert cuda.index_type(2**31 - 1, 5) == "int32"
     assert cuda.index_type(5, 2**31) == "int64"
     # a col of 2**31 elements or more needs the 64-bit instantiation, even when x is small
-    big = cuda.im2col_args((2**10, 32, 64, 64), 8, 8, (1, 1), (0, 0), (1, 1), k_major=True)
+    big = cuda.im2col_args((2**10, 32, 64, 64), 8, 8, (1, 1), (0, 0, 0, 0), (1, 1), k_major=True)
     assert big.total >= 2**31 and big.index == "int64"
-    small = cuda.im2col_args((64, 32, 13, 13), 3, 3, (1, 1), (0, 0), (1, 1), k_major=True)
+    small = cuda.im2col_args((64, 32, 13, 13), 3, 3, (1, 1), (0, 0, 0, 0), (1, 1), k_major=True)
     assert small.index == "int32"
+    nhwc = cuda.im2col_nhwc_args((2**10, 64, 64, 32), 8, 8, (1, 1), (0, 0, 0, 0), (1, 1), 4)
+    assert nhwc.total >= 2**31 and nhwc.index == "int64"
+    # a depthwise dW whose x is over 2**31 elements indexes x with 64 bits although partial is small
+    first, _ = cuda.dw_bwd_filter_args(
+        (2, 2**30 // 8, 64, 64), 2**30 // 8, 3, 3, (1, 1), (1,) * 4, (1, 1), "NCHW"
+    )
+    assert first.index == "int64"
+    pool = cuda.avgpool_fwd_args((1, 46342, 46342, 1), 2, 2, (2, 2), (0,) * 4, (23171, 23171), True, "NHWC")
+    assert pool.index == "int64"

@@ -34,7 +34,7 @@ def test_wrong_ndim_names_the_argument_and_shape(on, x, W):
 
 def test_channel_mismatch_between_x_and_W_is_an_error(on, x, rng):
     W2 = on(rng.standard_normal((4, 2, 3, 3)))
-    with pytest.raises(ValueError, match=r"channel mismatch: x has 3 channels .* W expects 2"):
+    with pytest.raises(ValueError, match=r"channel mismatch: x has 3 channels .* expects 2"):
         fastconv.conv2d(x, W2, backend=on.name)
 
 
@@ -65,7 +65,7 @@ def test_negative_pad_and_bad_dilation_are_errors(on, x, W):
         fastconv.conv2d(x, W, dilation=0, backend=on.name)
     with pytest.raises(TypeError, match=r"stride must be an int or a pair of ints, got 1.5"):
         fastconv.conv2d(x, W, stride=1.5, backend=on.name)
-    with pytest.raises(TypeError, match=r"pad must be an int or a pair of ints, got \(1, 2, 3\)"):
+    with pytest.raises(TypeError, match=r"pad must be an int, a pair, .*got \(1, 2, 3\)"):
         fastconv.conv2d(x, W, pad=(1, 2, 3), backend=on.name)
 
 
@@ -97,10 +97,16 @@ def test_bias_of_the_wrong_shape_is_an_error(on, x, W, rng):
 
 
 def test_dout_of_the_wrong_shape_is_an_error(on, x, W, rng):
-    with pytest.raises(ValueError, match=r"dout must have the forward output's shape \(2, 4, 6, 6\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"dout must have the shape of conv2d's output, \(2, 4, 6, 6\) \(layout 'NCHW'\), got \(2, 4, 5, 5\)",
+    ):
         fastconv.conv2d_backward(on(rng.standard_normal((2, 4, 5, 5))), x, W, backend=on.name)
     y, arg = fastconv.max_pool2d(x, 2, backend=on.name)
-    with pytest.raises(ValueError, match=r"dout must have the forward output's shape \(2, 3, 4, 4\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"dout must have the shape of max_pool2d's output, \(2, 3, 4, 4\) \(layout 'NCHW'\), got \(2, 3, 3, 3\)",
+    ):
         fastconv.max_pool2d_backward(
             on(rng.standard_normal((2, 3, 3, 3))), arg, (2, 3, 8, 8), 2, backend=on.name
         )

@@ -156,8 +156,17 @@ def test_random_shapes_strides_pads_and_dtypes_match_reference(on, data):
     grads = fastconv.conv2d_backward(*on(dout, x, W), s, p, d, backend=on.name)
     for got, exp in zip(grads, ref.conv2d_backward(dout, x, W, s, p, d)):
         np.testing.assert_allclose(on.host(got), exp, **scaled_tol(dtype, exp))
-    # pooling on the same draw, when the window allows this padding
+    # pooling on the same draw, when the window allows this padding and every window reaches x
     if 2 * p[0] <= d[0] * (kh - 1) + 1 and 2 * p[1] <= d[1] * (kw - 1) + 1:
+        out = ref.out_size(h, kh, s[0], p[0], d[0]), ref.out_size(w, kw, s[1], p[1], d[1])
+        reach = [
+            all(any(0 <= o * ss - pp + i * dd < size for i in range(k)) for o in range(oo))
+            for size, k, ss, pp, dd, oo in zip((h, w), (kh, kw), s, p, d, out)
+        ]
+        if not all(reach):  # a dilated window of padding alone: refused (test_conv_family_errors.py)
+            with pytest.raises(ValueError, match="reads only padding"):
+                fastconv.max_pool2d(on(x), (kh, kw), s, p, d, backend=on.name)
+            return
         yp, arg = fastconv.max_pool2d(on(x), (kh, kw), s, p, d, backend=on.name)
         want_y, want_arg = ref.max_pool2d(x, (kh, kw), s, p, d)
         np.testing.assert_array_equal(on.host(yp), want_y.astype(dtype))

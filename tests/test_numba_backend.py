@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fastconv._shapes import as_pad4, conv_output_size
 from fastconv.testing import reference as ref
 
 pytest.importorskip("numba")
@@ -30,8 +31,10 @@ from fastconv.backends.numba import ops as nb_ops  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 TOL = {np.float32: dict(rtol=2e-5, atol=2e-5), np.float64: dict(rtol=1e-10, atol=1e-11)}
 ONE = (1, 1)
+ZERO4 = (0, 0, 0, 0)
 
-# (x shape, W shape, stride, pad, dilation) as (h, w) pairs
+# (x shape, W shape, stride, pad, dilation) as (h, w) pairs; pad a symmetric (h, w) pair or
+# (top, bottom, left, right), passed to the kernels as the contract's 4-tuple
 CASES = [
     ((2, 3, 7, 8), (4, 3, 3, 2), (1, 1), (1, 0), (1, 1)),
     ((3, 1, 9, 9), (5, 1, 3, 3), (2, 1), (2, 1), (2, 1)),
@@ -39,6 +42,7 @@ CASES = [
     ((5, 5, 8, 8), (6, 5, 3, 3), (1, 1), (1, 1), (1, 1)),
     ((3, 2, 5, 5), (2, 2, 5, 5), (1, 1), (0, 0), (1, 1)),  # window = input
     ((2, 1, 6, 6), (3, 1, 1, 1), (3, 2), (2, 2), (1, 1)),  # 1x1 reading only padding at the border
+    ((2, 3, 7, 8), (4, 3, 3, 2), (2, 1), (0, 2, 1, 0), (1, 2)),  # asymmetric pads
 ]
 
 
@@ -68,6 +72,13 @@ def _pytest_without_jit(*args: str) -> None:
     assert " passed" in done.stdout
 
 
+def _pool_args(x_shape, kernel, stride, pad, dilation):
+    """The max-pool kernels' window arguments (kh, kw, stride, pad4, dilation) for ``pad`` a pair or
+    a 4-tuple, and the floor-mode out_hw the forward kernel takes after them."""
+    pad4 = as_pad4(pad)
+    return (*kernel, stride, pad4, dilation), conv_output_size(x_shape[2:], kernel, stride, pad4, dilation)
+
+
 def _data(rng, xs, ws, dtype):
     x = rng.standard_normal(xs).astype(dtype)
     W = rng.standard_normal(ws).astype(dtype)
@@ -92,11 +103,11 @@ def chunk_bytes(request, monkeypatch):
 @pytest.mark.parametrize("xs, ws, stride, pad, dilation", CASES)
 def test_conv_matches_the_float64_reference(rng, chunk_bytes, dtype, xs, ws, stride, pad, dilation):
     x, W, b = _data(rng, xs, ws, dtype)
-    y = nb.conv2d_forward(x, W, b, stride, pad, dilation)
+    y = nb.conv2d_forward(x, W, b, stride, as_pad4(pad), dilation, 1, "NCHW")
     assert y.dtype == dtype
     np.testing.assert_allclose(y, ref.conv2d(x, W, b, stride, pad, dilation), **TOL[dtype])
     dout = rng.standard_normal(y.shape).astype(dtype)
-    got = nb.conv2d_backward(dout, x, W, stride, pad, dilation, True)
+    got = nb.conv2d_backward(dout, x, W, stride, as_pad4(pad), dilation, 1, "NCHW", True)
     want = ref.conv2d_backward(dout, x, W, stride, pad, dilation)
     for name, g, w in zip(("dx", "dW", "db"), got, want):
         assert g.dtype == dtype, name
@@ -106,7 +117,7 @@ def test_conv_matches_the_float64_reference(rng, chunk_bytes, dtype, xs, ws, str
 def test_conv_skips_dx_when_not_needed(rng, chunk_bytes):
     x, W, _ = _data(rng, (2, 3, 6, 6), (4, 3, 3, 3), np.float64)
     dout = rng.standard_normal((2, 4, 4, 4))
-    dx, dW, db = nb.conv2d_backward(dout, x, W, ONE, (0, 0), ONE, False)
+    dx, dW, db = nb.conv2d_backward(dout, x, W, ONE, ZERO4, ONE, 1, "NCHW", False)
     assert dx is None
     want = ref.conv2d_backward(dout, x, W)
     np.testing.assert_allclose(dW, want[1], **TOL[np.float64])
@@ -115,13 +126,13 @@ def test_conv_skips_dx_when_not_needed(rng, chunk_bytes):
 
 def test_conv_has_gradients_equal_to_numerical_gradients(rng, chunk_bytes):
     x, W, b = _data(rng, (2, 2, 6, 5), (3, 2, 3, 3), np.float64)
-    stride, pad, dilation = (2, 1), (1, 1), (1, 2)
-    g = rng.standard_normal(nb.conv2d_forward(x, W, b, stride, pad, dilation).shape)
+    stride, pad, dilation = (2, 1), (1, 1, 1, 1), (1, 2)
+    g = rng.standard_normal(nb.conv2d_forward(x, W, b, stride, pad, dilation, 1, "NCHW").shape)
 
     def loss(x_, W_, b_):
-        return float((nb.conv2d_forward(x_, W_, b_, stride, pad, dilation) * g).sum())
+        return float((nb.conv2d_forward(x_, W_, b_, stride, pad, dilation, 1, "NCHW") * g).sum())
 
-    dx, dW, db = nb.conv2d_backward(g, x, W, stride, pad, dilation, True)
+    dx, dW, db = nb.conv2d_backward(g, x, W, stride, pad, dilation, 1, "NCHW", True)
     eps = 1e-6
     for arr, grad in ((x, dx), (W, dW), (b, db)):
         for idx in list(np.ndindex(arr.shape))[:: max(1, arr.size // 25)]:
@@ -136,7 +147,7 @@ def test_conv_has_gradients_equal_to_numerical_gradients(rng, chunk_bytes):
 
 def test_conv_agrees_with_the_numpy_backend(rng, chunk_bytes):
     x, W, b = _data(rng, (4, 6, 9, 9), (5, 6, 3, 3), np.float32)
-    args = ((2, 1), (1, 1), ONE)
+    args = ((2, 1), (1, 1, 1, 1), ONE, 1, "NCHW")  # stride, pad, dilation, groups, layout
     want = numpy_backend.conv2d_forward(x, W, b, *args)
     dout = rng.standard_normal(want.shape).astype(np.float32)
     want_b = numpy_backend.conv2d_backward(dout, x, W, *args)
@@ -151,8 +162,8 @@ def test_conv_is_bitwise_reproducible_and_leaves_inputs_alone(rng, chunk_bytes):
     copies = [a.copy() for a in (x, W, b, dout)]
     runs = [
         (
-            nb.conv2d_forward(x, W, b, ONE, (0, 0), ONE),
-            *nb.conv2d_backward(dout, x, W, ONE, (0, 0), ONE, True),
+            nb.conv2d_forward(x, W, b, ONE, ZERO4, ONE, 1, "NCHW"),
+            *nb.conv2d_backward(dout, x, W, ONE, ZERO4, ONE, 1, "NCHW", True),
         )
         for _ in range(2)
     ]
@@ -164,12 +175,13 @@ def test_conv_is_bitwise_reproducible_and_leaves_inputs_alone(rng, chunk_bytes):
 
 def test_book_layout_im2col_and_col2im_match_the_numpy_backend(rng):
     x = rng.standard_normal((2, 3, 7, 6)).astype(np.float32)
-    args = (3, 2, (2, 1), (1, 2), (1, 2))
-    col = nb.im2col(x, *args)
-    np.testing.assert_array_equal(col, numpy_backend.im2col(x, *args))
-    np.testing.assert_allclose(
-        nb.col2im(col, x.shape, *args), numpy_backend.col2im(col, x.shape, *args), rtol=1e-6
-    )
+    for pad in ((1, 1, 2, 2), (0, 2, 1, 0)):  # symmetric and asymmetric (top, bottom, left, right)
+        args = (3, 2, (2, 1), pad, (1, 2))
+        col = nb.im2col(x, *args)
+        np.testing.assert_array_equal(col, numpy_backend.im2col(x, *args))
+        np.testing.assert_allclose(
+            nb.col2im(col, x.shape, *args), numpy_backend.col2im(col, x.shape, *args), rtol=1e-6
+        )
 
 
 def test_pooling_picks_the_first_maximum_and_the_first_nan_like_numpy_argmax():
@@ -186,23 +198,35 @@ def test_pooling_picks_the_first_maximum_and_the_first_nan_like_numpy_argmax():
         ],
         dtype=np.float32,
     )
-    y, am = nb.maxpool2d_forward(x, 2, 2, (2, 2), (0, 0), ONE)
+    y, am = nb.maxpool2d_forward(x, 2, 2, (2, 2), ZERO4, ONE, (2, 2), "NCHW")
     assert am.dtype == np.int32
     np.testing.assert_array_equal(am[0, 0], [[1, 2], [0, 0]])
     np.testing.assert_array_equal(y[0, 0], [[3.0, np.nan], [-np.inf, 5.0]])
-    want_y, want_am = numpy_backend.maxpool2d_forward(x, 2, 2, (2, 2), (0, 0), ONE)
+    want_y, want_am = numpy_backend.maxpool2d_forward(x, 2, 2, (2, 2), ZERO4, ONE, (2, 2), "NCHW")
     np.testing.assert_array_equal(am, want_am)
 
 
-def test_pooling_counts_padding_as_minus_infinity():
+def test_pooling_skips_padding_so_an_all_minus_inf_window_names_its_first_input_element():
+    """Padding is skipped, not read as -inf (PyTorch's): in a window of -inf the argmax names the
+    window's first element of x in row-major order, never a padded position, and the gradient goes
+    to that element."""
     x = np.full((1, 1, 3, 3), -np.inf, dtype=np.float64)
-    y, am = nb.maxpool2d_forward(x, 3, 3, (2, 2), (1, 1), ONE)
-    want_y, want_am = numpy_backend.maxpool2d_forward(x, 3, 3, (2, 2), (1, 1), ONE)
-    np.testing.assert_array_equal(am, want_am)  # the first padded element wins the all -inf window
+    pad = (1, 1, 1, 1)
+    y, am = nb.maxpool2d_forward(x, 3, 3, (2, 2), pad, ONE, (2, 2), "NCHW")
+    want_y, want_am = numpy_backend.maxpool2d_forward(x, 3, 3, (2, 2), pad, ONE, (2, 2), "NCHW")
+    # window (0, 0) reads rows/cols -1..1: x[0, 0] is tap (1, 1) = 4; window (0, 1) cols 1..3: x[0, 1]
+    # is tap (1, 0) = 3; window (1, 0): x[1, 0] is tap (0, 1) = 1; window (1, 1): x[1, 1] is tap 0
+    np.testing.assert_array_equal(am[0, 0], [[4, 3], [1, 0]])
+    np.testing.assert_array_equal(am, want_am)
+    ref_y, ref_am = ref.max_pool2d(x, (3, 3), (2, 2), pad, ONE, (2, 2))
+    np.testing.assert_array_equal(am, ref_am)
     np.testing.assert_array_equal(y, want_y)
-    dx = nb.maxpool2d_backward(np.ones_like(y), am, x.shape, 3, 3, (2, 2), (1, 1), ONE)
+    np.testing.assert_array_equal(y, np.full((1, 1, 2, 2), -np.inf))
+    dx = nb.maxpool2d_backward(np.ones_like(y), am, x.shape, 3, 3, (2, 2), pad, ONE, "NCHW")
+    np.testing.assert_array_equal(dx[0, 0], [[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
     np.testing.assert_array_equal(
-        dx, numpy_backend.maxpool2d_backward(np.ones_like(y), want_am, x.shape, 3, 3, (2, 2), (1, 1), ONE)
+        dx,
+        numpy_backend.maxpool2d_backward(np.ones_like(y), want_am, x.shape, 3, 3, (2, 2), pad, ONE, "NCHW"),
     )
 
 
@@ -226,35 +250,46 @@ def test_pooling_fast_paths_match_the_numpy_backend_with_ties_nans_and_infs(
     x = rng.integers(-3, 4, size=xs).astype(dtype)  # small integers: many ties
     x[1, 1, 2, 0] = np.inf
     x[1, 0, 0, 1] = -np.inf
-    args = (*kernel, stride, pad, dilation)
+    args, out_hw = _pool_args(xs, kernel, stride, pad, dilation)
     for nan in (False, True):  # with a NaN in x every window takes the exact loop
         if nan:
             x[0, 0, 1, 1:3] = np.nan
-        y, am = nb.maxpool2d_forward(x, *args)
-        want_y, want_am = numpy_backend.maxpool2d_forward(x, *args)
+        y, am = nb.maxpool2d_forward(x, *args, out_hw, "NCHW")
+        want_y, want_am = numpy_backend.maxpool2d_forward(x, *args, out_hw, "NCHW")
         np.testing.assert_array_equal(am, want_am)
         np.testing.assert_array_equal(y, want_y)
     dout = rng.standard_normal(y.shape).astype(dtype)
     dout[0, 0, 0, 0] = np.inf  # a gradient the 2x2/2 bit-mask path must copy as is, with +0 around it
-    dx = nb.maxpool2d_backward(dout, am, xs, *args)
-    want = numpy_backend.maxpool2d_backward(dout, am, xs, *args)
+    dx = nb.maxpool2d_backward(dout, am, xs, *args, "NCHW")
+    want = numpy_backend.maxpool2d_backward(dout, am, xs, *args, "NCHW")
     np.testing.assert_allclose(dx, want, **TOL[dtype])
     assert not np.signbit(dx[want == 0]).any()
-    assert np.array_equal(dx, nb.maxpool2d_backward(dout, am, xs, *args))  # deterministic
+    assert np.array_equal(dx, nb.maxpool2d_backward(dout, am, xs, *args, "NCHW"))  # deterministic
 
 
 def test_warmup_compiles_every_kernel_for_float32_and_float64():
     from numba.core.registry import CPUDispatcher
 
-    from fastconv.backends.numba import kernels as k
+    from fastconv.backends.numba import direct, kernels, pooling, winograd
 
     seconds = nb.warmup()
     assert seconds >= 0
-    kernels = {n: f for n, f in vars(k).items() if isinstance(f, CPUDispatcher) and not n.startswith("_")}
-    assert len(kernels) >= 4
-    for name, kernel in kernels.items():
-        first_args = {str(sig[2].dtype) for sig in kernel.signatures}  # after the share bounds t0, t1
-        assert {"float32", "float64"} <= first_args, name
+    found = {
+        f"{m.__name__.rsplit('.', 1)[1]}.{n}": f
+        for m in (kernels, pooling, winograd, direct)
+        for n, f in vars(m).items()
+        if isinstance(f, CPUDispatcher) and not n.startswith("_")
+    }
+    assert len(found) >= 20
+    assert {"kernels.im2col_planes", "pooling.maxpool_forward_nchw", "pooling.avgpool_backward_nhwc",
+            "kernels.group_forward", "kernels.dw_forward_nhwc", "direct.direct_conv"} <= set(found)  # fmt: skip
+    for name, kernel in found.items():
+        # the dtype of each compiled signature's first float array (x, src, dout, ...)
+        first_arrays = {
+            next(str(a.dtype) for a in sig if str(getattr(a, "dtype", "")).startswith("float"))
+            for sig in kernel.signatures
+        }
+        assert {"float32", "float64"} <= first_arrays, name
 
 
 def test_configure_threads_sets_the_kernel_threads_and_blas_threads_together():
@@ -357,19 +392,38 @@ def test_cold_warmup_fills_an_empty_cache_that_a_fresh_process_then_loads(tmp_pa
     code = (
         "import json\n"
         "from fastconv.backends import numba as nb\n"
-        "from fastconv.backends.numba import kernels, winograd, direct\n"
+        "from numba.core.registry import CPUDispatcher\n"
+        "from fastconv.backends.numba import kernels, pooling, winograd, direct\n"
         "cold = nb.cache_is_cold()\n"
         "nb.warmup()\n"
-        "ks = [getattr(kernels, n) for n in ('im2col_planes', 'col2im_planes', 'maxpool_forward', 'maxpool_backward')]\n"
-        "ks += [winograd.tile_transform, winograd.untile, direct.direct_conv]\n"
-        "print(json.dumps([cold, nb.cache_is_cold(), [[len(k.stats.cache_hits), len(k.stats.cache_misses)] for k in ks]]))\n"
+        "ks = {f'{m.__name__}.{n}': f for m in (kernels, pooling, winograd, direct) for n, f in vars(m).items()\n"
+        "      if isinstance(f, CPUDispatcher) and getattr(f._cache, '_cache_path', None)}\n"
+        "print(json.dumps([cold, nb.cache_is_cold(),\n"
+        "                  {n: [len(k.stats.cache_hits), len(k.stats.cache_misses)] for n, k in ks.items()}]))\n"
     )
+    # every cached kernel: the gemm unit's, the pool unit's (pooling.py), the depthwise and nhwc units'
+    # (kernels.py), winograd's and direct's
+    must = {
+        f"fastconv.backends.numba.{n}"
+        for n in (
+            "kernels.im2col_planes", "kernels.col2im_planes",
+            "pooling.maxpool_forward_nchw", "pooling.maxpool_backward_nchw",
+            "pooling.maxpool_forward_nhwc", "pooling.maxpool_backward_nhwc",
+            "pooling.avgpool_forward_nchw", "pooling.avgpool_backward_nchw",
+            "kernels.group_forward", "kernels.group_dx", "kernels.group_dw",
+            "kernels.dw_forward_nhwc", "kernels.dw_dx_nhwc", "kernels.dw_dw_nhwc",
+            "kernels.im2col_nhwc", "kernels.col2im_nhwc",
+            "winograd.tile_transform", "winograd.untile", "direct.direct_conv",
+        )
+    }  # fmt: skip
     was_cold, cold_after, stats = json.loads(_run_in_fresh_python(code, NUMBA_CACHE_DIR=str(tmp_path)))
     assert was_cold and not cold_after
-    assert all(hits + misses >= 2 for hits, misses in stats), stats  # float32 and float64, compiled or loaded
-    assert any(hits for hits, _ in stats), stats  # some came from the child
+    assert must <= set(stats), sorted(must - set(stats))
+    # float32 and float64, compiled or loaded
+    assert all(hits + misses >= 2 for hits, misses in stats.values()), stats
+    assert any(hits for hits, _ in stats.values()), stats  # some came from the child
     warm = json.loads(_run_in_fresh_python(code, NUMBA_CACHE_DIR=str(tmp_path)))
-    assert not warm[0] and all(misses == 0 and hits >= 2 for hits, misses in warm[2]), warm
+    assert not warm[0] and all(misses == 0 and hits >= 2 for hits, misses in warm[2].values()), warm
 
 
 def test_kernels_run_from_several_python_threads_at_once():

@@ -15,6 +15,7 @@ import pytest
 
 import fastconv
 from fastconv import _registry
+from fastconv._shapes import as_pad4, conv_output_size
 from fastconv.backends import numpy as numpy_backend
 from fastconv.layers import Convolution, Pooling, Relu
 
@@ -27,8 +28,58 @@ def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
     )
 
 
-def make_recording_backend(name: str, calls: list) -> types.SimpleNamespace:
-    """A tiny third-party backend: NumPy kernels that record each call."""
+KERNELS_V1 = (
+    "im2col",
+    "col2im",
+    "conv2d_forward",
+    "conv2d_backward",
+    "maxpool2d_forward",
+    "maxpool2d_backward",
+)
+
+
+def _v1_kernels(calls: list) -> dict:
+    """The six version-1 kernels (symmetric (h, w) pad pairs, no groups/layout/out_hw), written over
+    the NumPy backend's version-2 ones; each records (kernel, pad) and refuses anything but a pair."""
+
+    def pair_pad(kernel, pad):
+        assert len(pad) == 2 and all(isinstance(p, int) for p in pad), (kernel, pad)  # a v1 call
+        calls.append((kernel, tuple(pad)))
+        return as_pad4(pad)
+
+    def im2col(x, kh, kw, stride, pad, dilation):
+        return numpy_backend.im2col(x, kh, kw, stride, pair_pad("im2col", pad), dilation)
+
+    def col2im(col, x_shape, kh, kw, stride, pad, dilation):
+        return numpy_backend.col2im(col, x_shape, kh, kw, stride, pair_pad("col2im", pad), dilation)
+
+    def conv2d_forward(x, W, b, stride, pad, dilation):
+        p4 = pair_pad("conv2d_forward", pad)
+        return numpy_backend.conv2d_forward(x, W, b, stride, p4, dilation, 1, "NCHW")
+
+    def conv2d_backward(dout, x, W, stride, pad, dilation, need_dx=True):
+        p4 = pair_pad("conv2d_backward", pad)
+        return numpy_backend.conv2d_backward(dout, x, W, stride, p4, dilation, 1, "NCHW", need_dx)
+
+    def maxpool2d_forward(x, kh, kw, stride, pad, dilation):
+        p4 = pair_pad("maxpool2d_forward", pad)
+        out_hw = conv_output_size(x.shape[2:], (kh, kw), stride, p4, dilation)  # v1: floor mode only
+        return numpy_backend.maxpool2d_forward(x, kh, kw, stride, p4, dilation, out_hw, "NCHW")
+
+    def maxpool2d_backward(dout, argmax, x_shape, kh, kw, stride, pad, dilation):
+        p4 = pair_pad("maxpool2d_backward", pad)
+        return numpy_backend.maxpool2d_backward(dout, argmax, x_shape, kh, kw, stride, p4, dilation, "NCHW")
+
+    return {k: v for k, v in locals().items() if k in KERNELS_V1}
+
+
+def make_recording_backend(name: str, calls: list, contract: int | None = 2) -> types.SimpleNamespace:
+    """A tiny third-party backend: NumPy kernels that record each call.
+
+    ``contract=2``: the NumPy backend's version-2 kernels, passed the calls as they come (``calls``
+    gets each kernel's name). ``contract=1`` or ``None`` (no contract attribute): a version-1 backend,
+    :func:`_v1_kernels` (``calls`` gets (kernel, pad) pairs).
+    """
 
     def recorded(kernel):
         def wrapper(*args, **kwargs):
@@ -37,18 +88,11 @@ def make_recording_backend(name: str, calls: list) -> types.SimpleNamespace:
 
         return wrapper
 
-    kernels = {
-        k: recorded(k)
-        for k in (
-            "im2col",
-            "col2im",
-            "conv2d_forward",
-            "conv2d_backward",
-            "maxpool2d_forward",
-            "maxpool2d_backward",
-        )
-    }
-    return types.SimpleNamespace(
+    if contract == 2:
+        kernels = {k: recorded(k) for k in KERNELS_V1}
+    else:
+        kernels = _v1_kernels(calls)
+    backend = types.SimpleNamespace(
         name=name,
         xp=np,
         owns=lambda a: isinstance(a, np.ndarray),
@@ -56,6 +100,9 @@ def make_recording_backend(name: str, calls: list) -> types.SimpleNamespace:
         to_host=np.asarray,
         **kernels,
     )
+    if contract is not None:
+        backend.contract = contract
+    return backend
 
 
 @pytest.fixture
@@ -222,6 +269,76 @@ def test_a_registered_backend_runs_the_layers(recorder, rng):
             Relu().forward(Convolution(conv.W, conv.b, backend="numpy").forward(x))
         ),
     )
+
+
+@pytest.mark.parametrize("contract", [None, 1], ids=["no-contract-attribute", "contract-1"])
+def test_a_version_1_backend_still_runs_through_the_functional_api_and_the_layers(contract, rng):
+    """A backend written against version 1 of the contract (no ``contract = 2``) gets the version-1
+    calls (symmetric (h, w) pad pairs, no groups/layout/out_hw, no algorithm keyword), gives the NumPy
+    backend's results, and refuses with a clear error what those calls cannot express."""
+    calls: list = []
+    fastconv.register_backend("old", make_recording_backend("old", calls, contract))
+    try:
+        x = rng.standard_normal((2, 3, 9, 8))
+        W, b = rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
+        for stride, pad, dilation in ((1, 1, 1), ((2, 1), (0, 2), (1, 2)), (1, "same", 1)):
+            y = fastconv.conv2d(x, W, b, stride, pad, dilation, backend="old")
+            np.testing.assert_array_equal(y, fastconv.conv2d(x, W, b, stride, pad, dilation, backend="numpy"))
+            dout = rng.standard_normal(y.shape)
+            for need_dx in (True, False):
+                got = fastconv.conv2d_backward(
+                    dout, x, W, stride, pad, dilation, need_dx=need_dx, backend="old"
+                )
+                want = fastconv.conv2d_backward(
+                    dout, x, W, stride, pad, dilation, need_dx=need_dx, backend="numpy"
+                )
+                assert (got[0] is None) == (not need_dx)
+                for g, w in zip(got, want):
+                    if w is not None:
+                        np.testing.assert_array_equal(g, w)
+            yp, am = fastconv.max_pool2d(x, 3, 2, 1, backend="old")
+            want_y, want_am = fastconv.max_pool2d(x, 3, 2, 1, backend="numpy")
+            np.testing.assert_array_equal(yp, want_y)
+            np.testing.assert_array_equal(am, want_am)
+            dp = rng.standard_normal(yp.shape)
+            np.testing.assert_array_equal(
+                fastconv.max_pool2d_backward(dp, am, x.shape, 3, 2, 1, backend="old"),
+                fastconv.max_pool2d_backward(dp, am, x.shape, 3, 2, 1, backend="numpy"),
+            )
+        assert ("conv2d_forward", (0, 2)) in calls and ("conv2d_backward", (1, 1)) in calls  # pairs
+        assert ("maxpool2d_forward", (1, 1)) in calls and ("maxpool2d_backward", (1, 1)) in calls
+        calls.clear()
+        conv = Convolution(W, b, backend="old")
+        pool = Pooling(2, 2, stride=2, backend="old")
+        out = pool.forward(conv.forward(x))
+        conv.backward(pool.backward(np.ones_like(out)))
+        assert [k for k, _ in calls] == [
+            "conv2d_forward",
+            "maxpool2d_forward",
+            "maxpool2d_backward",
+            "conv2d_backward",
+        ]
+
+        # what the version-1 calls cannot express is refused, naming the backend and the version
+        v1 = r"backend 'old' implements version 1 of the fastconv.backends contract"
+        xg, Wg = rng.standard_normal((2, 4, 6, 6)), rng.standard_normal((4, 2, 3, 3))
+        x_nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        with pytest.raises(NotImplementedError, match=v1 + r".*groups=2"):
+            fastconv.conv2d(xg, Wg, groups=2, backend="old")
+        with pytest.raises(NotImplementedError, match=v1 + r".*layout='NHWC'"):
+            fastconv.conv2d(x_nhwc, W, layout="NHWC", backend="old")
+        with pytest.raises(NotImplementedError, match=v1 + r".*symmetric pad"):
+            fastconv.conv2d(x, W, pad=((0, 1), (1, 1)), backend="old")
+        with pytest.raises(NotImplementedError, match=v1 + r".*symmetric pad"):
+            fastconv.conv2d(x, np.ones((4, 3, 2, 2)), pad="same", backend="old")  # (0, 1, 0, 1)
+        with pytest.raises(NotImplementedError, match=v1 + r".*no ceil mode"):
+            fastconv.max_pool2d(x, 2, ceil_mode=True, backend="old")  # 9 rows: 5 windows, not 4
+        with pytest.raises(NotImplementedError, match=r"no avgpool2d_forward kernel \(new in version 2"):
+            fastconv.avg_pool2d(x, 2, backend="old")
+        with pytest.raises(NotImplementedError, match=r"no conv2d_backward_data kernel \(new in version 2"):
+            fastconv.conv_transpose2d(x, rng.standard_normal((3, 2, 3, 3)), backend="old")
+    finally:
+        fastconv.unregister_backend("old")
 
 
 def test_registering_an_incomplete_backend_lists_what_is_missing():

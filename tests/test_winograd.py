@@ -1,7 +1,8 @@
 """Winograd F(4x4,3x3) and F(2x2,3x3), NumPy and numba modules, against the float64 direct reference.
 
 One body per behaviour, run on both modules, both tile sizes and both dtypes; the tolerance is the
-error bound each module states (:data:`ERROR_BOUND`, per (m, dtype)).
+error bound each module states (:data:`ERROR_BOUND`, per (m, dtype)). The modules take the contract's
+pad, (top, bottom, left, right); the tests draw symmetric (h, w) pairs and pass them through as_pad4.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fastconv._shapes import as_pad4
 from fastconv.backends.numba import runtime
 from fastconv.backends.numba import winograd as numba_winograd
 from fastconv.backends.numpy import winograd as numpy_winograd
@@ -71,8 +73,8 @@ def test_winograd_matches_the_float64_direct_convolution_within_the_stated_bound
     x, W, b, dout = draw_problem(seed, *shape, dtype)
     pad = shape[5:]
     bound = mod.ERROR_BOUND[(m, dtype)]
-    y = mod.forward(x, W, b, pad, m=m)
-    dx, dW, db = mod.backward(dout, x, W, pad, m=m)
+    y = mod.forward(x, W, b, as_pad4(pad), m=m)
+    dx, dW, db = mod.backward(dout, x, W, as_pad4(pad), m=m)
     y_ref = reference.conv2d(x, W, b, (1, 1), pad)
     dx_ref, dW_ref, db_ref = reference.conv2d_backward(dout, x, W, (1, 1), pad)
     for got, ref, k in zip((y, dx, dW, db), (y_ref, dx_ref, dW_ref, db_ref), terms(x, W, dout)):
@@ -86,10 +88,10 @@ def test_winograd_handles_padding_larger_than_the_kernel_and_unequal_pads(name, 
     mod = MODULES[name]
     pad = (3, 5)
     x, W, b, dout = draw_problem(zlib.crc32(b"big-pad"), 2, 3, 4, 2, 7, *pad, dtype)
-    dx, dW, db = mod.backward(dout, x, W, pad, m=m)
+    dx, dW, db = mod.backward(dout, x, W, as_pad4(pad), m=m)
     dx_ref, dW_ref, db_ref = reference.conv2d_backward(dout, x, W, (1, 1), pad)
     y_ref = reference.conv2d(x, W, b, (1, 1), pad)
-    y = mod.forward(x, W, b, pad, m=m)
+    y = mod.forward(x, W, b, as_pad4(pad), m=m)
     for got, ref, k in zip((y, dx, dW, db), (y_ref, dx_ref, dW_ref, db_ref), terms(x, W, dout)):
         assert got.shape == ref.shape
         assert rel_err(got, ref, k) <= mod.ERROR_BOUND[(m, dtype)]
@@ -103,8 +105,8 @@ def test_winograd_gives_the_same_bits_run_to_run(name, m, dtype, rng):
     mod = MODULES[name]
     x, W, b, dout = draw_problem(int(rng.integers(2**32)), 7, 5, 6, 11, 10, 1, 1, dtype)
     with fastconv.configure(threads=2):
-        y1, y2 = mod.forward(x, W, b, (1, 1), m=m), mod.forward(x, W, b, (1, 1), m=m)
-        g1, g2 = mod.backward(dout, x, W, (1, 1), m=m), mod.backward(dout, x, W, (1, 1), m=m)
+        y1, y2 = mod.forward(x, W, b, (1, 1, 1, 1), m=m), mod.forward(x, W, b, (1, 1, 1, 1), m=m)
+        g1, g2 = mod.backward(dout, x, W, (1, 1, 1, 1), m=m), mod.backward(dout, x, W, (1, 1, 1, 1), m=m)
     assert y1.tobytes() == y2.tobytes()
     for a, b2 in zip(g1, g2):
         assert a.tobytes() == b2.tobytes()
@@ -115,7 +117,7 @@ def test_forward_without_bias_and_with_non_contiguous_inputs(name, rng):
     mod = MODULES[name]
     x, W, _, _ = draw_problem(int(rng.integers(2**32)), 3, 4, 5, 14, 9, 1, 2, "float32")
     x_view = np.asfortranarray(x)[:, :, ::-1]  # neither C- nor F-ordered
-    y = mod.forward(x_view, W.transpose(0, 1, 3, 2).copy().transpose(0, 1, 3, 2), None, (1, 2))
+    y = mod.forward(x_view, W.transpose(0, 1, 3, 2).copy().transpose(0, 1, 3, 2), None, (1, 1, 2, 2))
     y_ref = reference.conv2d(x_view, W, None, (1, 1), (1, 2))
     assert y.dtype == np.float32
     assert rel_err(y, y_ref, 9 * 4) <= mod.ERROR_BOUND[(4, "float32")]
@@ -125,8 +127,8 @@ def test_forward_without_bias_and_with_non_contiguous_inputs(name, rng):
 def test_backward_without_dx_returns_none_and_the_same_dW_db(name, rng):
     mod = MODULES[name]
     x, W, _, dout = draw_problem(int(rng.integers(2**32)), 2, 3, 4, 9, 9, 1, 0, "float32")
-    dx, dW, db = mod.backward(dout, x, W, (1, 0), need_dx=False)
-    _, dW_all, db_all = mod.backward(dout, x, W, (1, 0))
+    dx, dW, db = mod.backward(dout, x, W, (1, 1, 0, 0), need_dx=False)
+    _, dW_all, db_all = mod.backward(dout, x, W, (1, 1, 0, 0))
     assert dx is None
     np.testing.assert_array_equal(dW, dW_all)
     np.testing.assert_array_equal(db, db_all)
@@ -159,8 +161,8 @@ def test_winograd_leaves_its_inputs_unchanged(name, rng):
     mod = MODULES[name]
     x, W, b, dout = draw_problem(int(rng.integers(2**32)), 3, 4, 5, 10, 8, 2, 1, "float64")
     before = [a.copy() for a in (x, W, b, dout)]
-    mod.forward(x, W, b, (2, 1))
-    mod.backward(dout, x, W, (2, 1))
+    mod.forward(x, W, b, (2, 2, 1, 1))
+    mod.backward(dout, x, W, (2, 2, 1, 1))
     for a, a0 in zip((x, W, b, dout), before):
         np.testing.assert_array_equal(a, a0)
 
@@ -197,8 +199,8 @@ def test_stated_bound_holds_on_a_full_size_layer(name, m, dtype):
         td, tx, tW, [64], [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [True, True, False]
     )
     xs, Ws, bs, ds = (a.astype(dtype) for a in (x, W, b, dout))
-    dx, dW, _ = mod.backward(ds, xs, Ws, (0, 0), m=m)
+    dx, dW, _ = mod.backward(ds, xs, Ws, (0, 0, 0, 0), m=m)
     bound = mod.ERROR_BOUND[(m, dtype)]
-    assert rel_err(mod.forward(xs, Ws, bs, (0, 0), m=m), y_ref) <= bound
+    assert rel_err(mod.forward(xs, Ws, bs, (0, 0, 0, 0), m=m), y_ref) <= bound
     assert rel_err(dx, grads[0].numpy()) <= bound
     assert rel_err(dW, grads[1].numpy()) <= bound

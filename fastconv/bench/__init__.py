@@ -1,7 +1,8 @@
 """``fastconv bench``: time the benchmark cases on every backend, with PyTorch as a peer.
 
 For each case of :mod:`fastconv.bench.cases` (convolutions S1-S6, max pools P1-P3, training steps
-T1-T2) and each peer (the chosen fastconv backends, plus ``numba[ALG]`` for each ``--algorithm``,
+T1-T2; the conv family's layers: depthwise D1-D2, transposed X1, average pools A1-A2, global average
+G1, the channels-last twins S4-NHWC, D1-NHWC, P2-NHWC, and the SeparableConvNet step T3) and each peer (the chosen fastconv backends, plus ``numba[ALG]`` for each ``--algorithm``,
 plus ``torch`` on the CPU when PyTorch is installed, plus ``torch-cuda`` when it sees a GPU, plus
 ``jax`` on the CPU when JAX is installed), it times the forward pass and the backward pass
 separately:
@@ -10,8 +11,13 @@ separately:
   (PyTorch: ``F.conv2d`` and ``aten.convolution_backward`` with all three gradients);
 * pool forward ``max_pool2d`` -> (y, argmax); backward ``max_pool2d_backward`` -> dx
   (PyTorch: ``aten.max_pool2d_with_indices`` and its backward);
-* training step: forward, backward and optimizer update of SimpleConvNet (T1) or the Keras-style
-  network (T2) (PyTorch: the same network, loss and optimizer; JAX: the same as one jitted step).
+* the conv family's layers: ``conv2d(groups=)``, ``conv_transpose2d``, ``avg_pool2d``,
+  ``global_avg_pool2d`` and their backwards (PyTorch: the same ops of ``torch.nn.functional`` and
+  their ``aten`` backwards); an ``-NHWC`` case runs every peer channels-last, and a last table gives
+  each peer's NHWC / NCHW ratio against the case's twin;
+* training step: forward, backward and optimizer update of SimpleConvNet (T1), the Keras-style
+  network (T2) or SeparableConvNet (T3) (PyTorch: the same network, loss and optimizer; JAX: the
+  same as one jitted step).
 
 PyTorch runs in its fastest variant for each kind of case unless ``--torch-variant`` says otherwise
 (channels_last memory format, ``torch.compile``, fused optimizer, oneDNN off; several variants are
@@ -101,9 +107,9 @@ def build_parser(prog: str = "fastconv bench") -> argparse.ArgumentParser:
     """The argument parser of ``fastconv bench``."""
     parser = argparse.ArgumentParser(
         prog=prog,
-        description="Time the benchmark shapes (conv S1-S6, max pool P1-P3) forward and backward, and one "
-        "training step of each network (T1, T2), on fastconv's backends, with PyTorch as a peer when "
-        "installed.",
+        description="Time the benchmark shapes (conv S1-S6, max pool P1-P3, the conv family's D1-D2, X1, "
+        "A1-A2, G1 and NHWC twins) forward and backward, and one training step of each network (T1-T3), "
+        "on fastconv's backends, with PyTorch as a peer when installed.",
     )
     parser.add_argument(
         "--backends", default=None, help="comma-separated fastconv backends (default: every available one)"

@@ -32,11 +32,16 @@ import numpy as np
 
 from fastconv.bench.cases import (
     STEP,
+    AvgPoolCase,
     Case,
     ConvCase,
+    GroupConvCase,
+    PoolCase,
     TrainCase,
+    TransposedConvCase,
     build_train_step,
     conv_inputs,
+    nchw_twin,
     pool_inputs,
     train_inputs,
 )
@@ -82,8 +87,12 @@ class Peer:
         raise NotImplementedError
 
     def info(self, case: Case, dtype: str) -> dict[str, dict[str, Any]]:
-        """Extra fields for the result rows of ``case``, by phase (e.g. the algorithm that ran)."""
-        return {}
+        """Extra fields for the result rows of ``case``, by phase (e.g. the algorithm that ran); here, for
+        an NHWC case, its ``layout`` and its NCHW ``twin`` (the report compares the two)."""
+        twin = nchw_twin(case)
+        if twin is None:
+            return {}
+        return {ph: {"layout": "NHWC", "twin": twin} for ph in ("forward", "backward")}
 
 
 class FastconvPeer(Peer):
@@ -100,7 +109,8 @@ class FastconvPeer(Peer):
         self.algorithm = algorithm
 
     def calls(self, case: Case, dtype: str) -> dict[str, Callable[[], Any]]:
-        """``conv2d`` / ``conv2d_backward``, ``max_pool2d`` / ``max_pool2d_backward``, or a training step."""
+        """``conv2d`` / ``conv2d_backward`` (with groups and layout), ``conv_transpose2d`` / its backward,
+        ``max_pool2d`` / ``avg_pool2d`` / ``global_avg_pool2d`` and their backwards, or a training step."""
         import fastconv
 
         name = self.backend
@@ -110,10 +120,12 @@ class FastconvPeer(Peer):
 
         if isinstance(case, TrainCase):
             return {STEP: build_train_step(case, name, dtype)}
-        if isinstance(case, ConvCase):
+        if isinstance(case, (ConvCase, GroupConvCase)):
             a = {k: dev(v) for k, v in conv_inputs(case, dtype).items()}
             s, p = case.stride, case.pad
             kw: dict[str, Any] = {"backend": name}
+            if isinstance(case, GroupConvCase):  # only these pass the v2 arguments: S1-S6 run on any version
+                kw.update(groups=case.groups, layout=case.layout)
             if self.algorithm:
                 kw["algorithm"] = self.algorithm
                 try:  # one call of each, so that an algorithm the shape cannot take is a note, not an error
@@ -125,37 +137,74 @@ class FastconvPeer(Peer):
                 "forward": lambda: fastconv.conv2d(a["x"], a["W"], a["b"], s, p, **kw),
                 "backward": lambda: fastconv.conv2d_backward(a["dout"], a["x"], a["W"], s, p, **kw),
             }
+        if isinstance(case, TransposedConvCase):
+            a = {k: dev(v) for k, v in conv_inputs(case, dtype).items()}
+            s, p, op = case.stride, case.pad, case.output_padding
+            return {
+                "forward": lambda: fastconv.conv_transpose2d(
+                    a["x"], a["W"], a["b"], s, p, output_padding=op, backend=name
+                ),
+                "backward": lambda: fastconv.conv_transpose2d_backward(
+                    a["dout"], a["x"], a["W"], s, p, output_padding=op, backend=name
+                ),
+            }
         a = {k: dev(v) for k, v in pool_inputs(case, dtype).items()}
+        shape = tuple(a["x"].shape)  # in the case's layout, as the backward takes it
+        layout = case.layout
+        if isinstance(case, AvgPoolCase):
+            if case.is_global:
+                return {
+                    "forward": lambda: fastconv.global_avg_pool2d(a["x"], layout=layout, backend=name),
+                    "backward": lambda: fastconv.global_avg_pool2d_backward(
+                        a["dout"], shape, layout=layout, backend=name
+                    ),
+                }
+            k, s, p = case.kernel, case.stride or case.kernel, case.pad
+            avg: dict[str, Any] = {
+                "count_include_pad": case.count_include_pad,
+                "layout": layout,
+                "backend": name,
+            }
+            return {
+                "forward": lambda: fastconv.avg_pool2d(a["x"], k, s, p, **avg),
+                "backward": lambda: fastconv.avg_pool2d_backward(a["dout"], shape, k, s, p, **avg),
+            }
         k, s, p = case.kernel, case.stride, case.pad
-        _, argmax = fastconv.max_pool2d(a["x"], k, s, p, backend=name)
-        shape = case.x_shape
+        kw = {"backend": name} if layout == "NCHW" else {"layout": layout, "backend": name}
+        _, argmax = fastconv.max_pool2d(a["x"], k, s, p, **kw)
         return {
-            "forward": lambda: fastconv.max_pool2d(a["x"], k, s, p, backend=name),
-            "backward": lambda: fastconv.max_pool2d_backward(a["dout"], argmax, shape, k, s, p, backend=name),
+            "forward": lambda: fastconv.max_pool2d(a["x"], k, s, p, **kw),
+            "backward": lambda: fastconv.max_pool2d_backward(a["dout"], argmax, shape, k, s, p, **kw),
         }
 
     def info(self, case: Case, dtype: str) -> dict[str, dict[str, Any]]:
         """For a convolution, ``{"algorithm": name}`` per phase: the one forced, else what
         ``fastconv.conv_algorithm`` says the call runs (omitted where fastconv cannot say)."""
-        if not isinstance(case, ConvCase):
-            return {}
-        if self.algorithm:
-            return {ph: {"algorithm": self.algorithm} for ph in ("forward", "backward")}
-        return {
-            ph: {"algorithm": alg}
-            for ph in ("forward", "backward")
-            if (alg := conv_algorithm_of(case, dtype, ph, self.backend)) is not None
-        }
+        info = super().info(case, dtype)
+        if not isinstance(case, (ConvCase, GroupConvCase)):
+            return info
+        for ph in ("forward", "backward"):
+            alg = self.algorithm or conv_algorithm_of(case, dtype, ph, self.backend)
+            if alg is not None:
+                info[ph] = {**info.get(ph, {}), "algorithm": alg}
+        return info
 
 
-def conv_algorithm_of(case: ConvCase, dtype: str, direction: str, backend: str) -> str | None:
+def conv_algorithm_of(case: ConvCase | GroupConvCase, dtype: str, direction: str, backend: str) -> str | None:
     """The algorithm fastconv runs for ``case`` (``fastconv.conv_algorithm``), None where the
     backend cannot be selected here (the row then says nothing about the algorithm)."""
     import fastconv
 
+    kw: dict[str, Any] = {}
+    x_shape = case.x_shape
+    if isinstance(case, GroupConvCase):
+        kw = {"groups": case.groups, "layout": case.layout}
+        if case.layout == "NHWC":  # conv_algorithm takes x's shape in its layout's order
+            n, c, h, w = x_shape
+            x_shape = (n, h, w, c)
     try:
         return fastconv.conv_algorithm(
-            case.x_shape, case.w_shape, case.stride, case.pad, 1, dtype, direction=direction, backend=backend
+            x_shape, case.w_shape, case.stride, case.pad, 1, dtype, direction=direction, backend=backend, **kw
         )
     except (ValueError, RuntimeError):  # e.g. an unavailable backend: the timing does not depend on the label
         return None
@@ -195,7 +244,17 @@ TORCH_VARIANTS = (
 TORCH_DEFAULT_VARIANT = "best"
 # What "best" runs, per kind of case: the fastest variant measured on the reference machine (2-core
 # Xeon, AVX-512, torch 2.13 CPU, 2 threads).
-TORCH_BEST = {"conv": "channels_last", "pool": "channels_last", "train": "channels_last+fused"}
+# Depthwise, transposed conv, average and global average pool: forward + backward of D1/D2, X1, A1/A2 and
+# G1, float32, min of 7.
+TORCH_BEST = {
+    "conv": "channels_last",
+    "pool": "channels_last",
+    "train": "channels_last+fused",
+    "depthwise": "channels_last",
+    "deconv": "eager",
+    "avgpool": "channels_last",
+    "globalpool": "eager",
+}
 
 
 def parse_torch_variants(text: str | None) -> list[str]:
@@ -266,13 +325,18 @@ class TorchPeer(Peer):
         )
 
     def variant_for(self, case: Case) -> str:
-        """The variant this peer runs ``case`` in (``best`` resolved by :data:`TORCH_BEST`)."""
-        return TORCH_BEST[case.kind] if self.variant == "best" else self.variant
+        """The variant this peer runs ``case`` in (``best`` resolved by :data:`TORCH_BEST`). An NHWC case
+        runs channels_last in every variant: a channels_last tensor is PyTorch's NHWC, the same memory."""
+        variant = TORCH_BEST[case.kind] if self.variant == "best" else self.variant
+        if getattr(case, "layout", "NCHW") == "NHWC" and "channels_last" not in variant.split("+"):
+            [variant] = parse_torch_variants(f"{variant}+channels_last")
+        return variant
 
     def info(self, case: Case, dtype: str) -> dict[str, dict[str, Any]]:
-        """``{"variant": ...}`` for every phase of ``case``."""
+        """``{"variant": ...}`` for every phase of ``case`` (and what :meth:`Peer.info` adds)."""
         variant = self.variant_for(case)
-        return {ph: {"variant": variant} for ph in (STEP, "forward", "backward")}
+        info = super().info(case, dtype)
+        return {ph: {**info.get(ph, {}), "variant": variant} for ph in (STEP, "forward", "backward")}
 
     @contextlib.contextmanager
     def _flags(self, options: set[str]) -> Iterator[None]:
@@ -298,36 +362,61 @@ class TorchPeer(Peer):
         return call
 
     def calls(self, case: Case, dtype: str) -> dict[str, Callable[[], Any]]:
-        """``F.conv2d`` / ``aten.convolution_backward`` (dx, dW, db), ``aten.max_pool2d_with_indices``
-        and its backward, or :meth:`train_step`."""
+        """``F.conv2d`` / ``F.conv_transpose2d`` and ``aten.convolution_backward`` (dx, dW, db),
+        ``aten.max_pool2d_with_indices`` / ``aten.avg_pool2d`` / ``aten._adaptive_avg_pool2d`` (what
+        ``nn.AdaptiveAvgPool2d(1)`` runs) and their backwards, or :meth:`train_step`."""
         torch = self.torch
         aten = torch.ops.aten
         opts = set(self.variant_for(case).split("+")) - {"eager"}
         fmt = torch.channels_last if "channels_last" in opts else torch.contiguous_format
+        layout = getattr(case, "layout", "NCHW")
 
-        def dev(a: np.ndarray) -> Any:
+        def dev(a: np.ndarray, in_layout: bool = False) -> Any:
             t = torch.from_numpy(a).to(self.device)
+            if in_layout and layout == "NHWC":
+                t = t.permute(0, 3, 1, 2)  # the NHWC array seen as (N, C, H, W): a channels_last tensor
             return t.contiguous(memory_format=fmt) if t.dim() == 4 else t
 
         if isinstance(case, TrainCase):
             return {STEP: self._wrap(self.train_step(case, dtype), opts)}
-        if isinstance(case, ConvCase):
-            a = {k: dev(v) for k, v in conv_inputs(case, dtype).items()}
+        if isinstance(case, (ConvCase, GroupConvCase, TransposedConvCase)):
+            a = {k: dev(v, k in ("x", "dout")) for k, v in conv_inputs(case, dtype).items()}
             s, p = [case.stride] * 2, [case.pad] * 2
-            bias_sizes = [case.w_shape[0]]
+            transposed = isinstance(case, TransposedConvCase)
+            groups = getattr(case, "groups", 1)
+            op = [case.output_padding] * 2 if isinstance(case, TransposedConvCase) else [0, 0]
+            bias_sizes = [int(a["b"].shape[0])]
 
             def forward() -> Any:
-                return torch.nn.functional.conv2d(a["x"], a["W"], a["b"], s, p)
+                if transposed:
+                    return torch.nn.functional.conv_transpose2d(a["x"], a["W"], a["b"], s, p, op)
+                return torch.nn.functional.conv2d(a["x"], a["W"], a["b"], s, p, 1, groups)
 
             def backward() -> Any:
                 # dx, dW, db in one call: what autograd runs for a conv layer.
                 return aten.convolution_backward(
-                    a["dout"], a["x"], a["W"], bias_sizes, s, p, [1, 1], False, [0, 0], 1, [True, True, True]
+                    a["dout"], a["x"], a["W"], bias_sizes, s, p, [1, 1], transposed, op, groups, [True] * 3
                 )
 
             return {"forward": self._wrap(forward, opts), "backward": self._wrap(backward, opts)}
 
-        a = {k: dev(v) for k, v in pool_inputs(case, dtype).items()}
+        a = {k: dev(v, True) for k, v in pool_inputs(case, dtype).items()}
+        if isinstance(case, AvgPoolCase):
+            if case.is_global:
+                return {
+                    "forward": self._wrap(lambda: aten._adaptive_avg_pool2d(a["x"], [1, 1]), opts),
+                    "backward": self._wrap(
+                        lambda: aten._adaptive_avg_pool2d_backward(a["dout"], a["x"]), opts
+                    ),
+                }
+            k, s, p = [case.kernel] * 2, [case.stride or case.kernel] * 2, [case.pad] * 2
+            cip = case.count_include_pad
+            return {
+                "forward": self._wrap(lambda: aten.avg_pool2d(a["x"], k, s, p, False, cip, None), opts),
+                "backward": self._wrap(
+                    lambda: aten.avg_pool2d_backward(a["dout"], a["x"], k, s, p, False, cip, None), opts
+                ),
+            }
         k, s, p = [case.kernel] * 2, [case.stride] * 2, [case.pad] * 2
         with self._flags(opts):
             _, indices = aten.max_pool2d_with_indices(a["x"], k, s, p, [1, 1], False)
@@ -347,7 +436,25 @@ class TorchPeer(Peer):
         options = set(self.variant_for(case).split("+")) - {"eager"}
         nn = torch.nn
         torch.manual_seed(0)
-        if case.network == "simple":
+        if case.network == "separable":
+            from fastconv.train.networks import SEPARABLE_CHANNELS
+
+            c1, c2, c3, c4 = SEPARABLE_CHANNELS
+            model = nn.Sequential(
+                nn.Conv2d(1, c1, 3, stride=2, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(c1, c1, 3, padding=1, groups=c1),  # depthwise
+                nn.Conv2d(c1, c2, 1),  # pointwise
+                nn.ReLU(),
+                nn.ConvTranspose2d(c2, c3, 2, stride=2),
+                nn.ReLU(),
+                nn.Conv2d(c3, c4, 3, padding=1),
+                nn.ReLU(),
+                nn.AdaptiveAvgPool2d(1),
+                nn.Flatten(),
+                nn.Linear(c4, 10),
+            )
+        elif case.network == "simple":
             model = nn.Sequential(
                 nn.Conv2d(1, 30, 5),
                 nn.ReLU(),
@@ -422,7 +529,6 @@ class JaxPeer(Peer):
         """The jitted calls of ``case``."""
         jax = start_jax()
         import jax.numpy as jnp
-        from jax import lax
 
         if dtype == "float64" and not jax.config.jax_enable_x64:
             jax.config.update("jax_enable_x64", True)
@@ -432,20 +538,12 @@ class JaxPeer(Peer):
 
         if isinstance(case, TrainCase):
             return {STEP: _jax_train_step(case, dtype)}
-        if isinstance(case, ConvCase):
+        if isinstance(case, (ConvCase, GroupConvCase, TransposedConvCase)):
             a = {k: jnp.asarray(v) for k, v in conv_inputs(case, dtype).items()}
-            s, p = case.stride, case.pad
-
-            def conv(x: Any, w: Any, b: Any) -> Any:
-                y = lax.conv_general_dilated(
-                    x,
-                    w,
-                    (s, s),
-                    [(p, p), (p, p)],
-                    rhs_dilation=(1, 1),
-                    dimension_numbers=("NCHW", "OIHW", "NCHW"),
-                )
-                return y + b[None, :, None, None]
+            if isinstance(case, TransposedConvCase):
+                conv = _jax_conv_transpose(case)
+            else:
+                conv = _jax_conv(case)
 
             def conv_backward(dout: Any, x: Any, w: Any, b: Any) -> Any:
                 _, vjp = jax.vjp(conv, x, w, b)
@@ -456,11 +554,7 @@ class JaxPeer(Peer):
                 "backward": ready(jax.jit(conv_backward), a["dout"], a["x"], a["W"], a["b"]),
             }
         a = {k: jnp.asarray(v) for k, v in pool_inputs(case, dtype).items()}
-        k, s, p = case.kernel, case.stride, case.pad
-
-        def pool(x: Any) -> Any:
-            pads = ((0, 0), (0, 0), (p, p), (p, p))
-            return lax.reduce_window(x, -jnp.inf, lax.max, (1, 1, k, k), (1, 1, s, s), pads)
+        pool = _jax_avg_pool(case) if isinstance(case, AvgPoolCase) else _jax_max_pool(case)
 
         def pool_backward(dout: Any, x: Any) -> Any:
             _, vjp = jax.vjp(pool, x)
@@ -472,11 +566,112 @@ class JaxPeer(Peer):
         }
 
 
+def _jax_conv(case: ConvCase | GroupConvCase) -> Callable[[Any, Any, Any], Any]:
+    """``conv(x, W, b)`` of a case in JAX: ``lax.conv_general_dilated`` in the case's layout (OIHW
+    weights, ``feature_group_count`` for groups) plus the bias."""
+    from jax import lax
+
+    s, p = case.stride, case.pad
+    layout = getattr(case, "layout", "NCHW")
+    groups = getattr(case, "groups", 1)
+    bias_shape = (1, -1, 1, 1) if layout == "NCHW" else (1, 1, 1, -1)
+
+    def conv(x: Any, w: Any, b: Any) -> Any:
+        y = lax.conv_general_dilated(
+            x,
+            w,
+            (s, s),
+            [(p, p), (p, p)],
+            rhs_dilation=(1, 1),
+            dimension_numbers=(layout, "OIHW", layout),
+            feature_group_count=groups,
+        )
+        return y + b.reshape(bias_shape)
+
+    return conv
+
+
+def _jax_conv_transpose(case: TransposedConvCase) -> Callable[[Any, Any, Any], Any]:
+    """PyTorch's ``conv_transpose2d`` in JAX: a stride-1 convolution of the input dilated by the stride
+    (``lhs_dilation``), padded by k - 1 - pad (plus output_padding at the end), with the kernel flipped
+    and its in/out axes swapped (W (C_in, C_out, k, k) -> OIHW (C_out, C_in, k, k))."""
+    from jax import lax
+
+    s, op = case.stride, case.output_padding
+    kh, kw = case.w_shape[2:]
+    ph, pw = kh - 1 - case.pad, kw - 1 - case.pad
+
+    def conv_transpose(x: Any, w: Any, b: Any) -> Any:
+        rhs = w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]
+        y = lax.conv_general_dilated(
+            x,
+            rhs,
+            (1, 1),
+            [(ph, ph + op), (pw, pw + op)],
+            lhs_dilation=(s, s),
+            dimension_numbers=("NCHW", "OIHW", "NCHW"),
+        )
+        return y + b[None, :, None, None]
+
+    return conv_transpose
+
+
+def _window(layout: str, kh: int, kw: int) -> tuple[int, int, int, int]:
+    """A pooling window (or stride, or pad) of (kh, kw) over the spatial axes of ``layout``."""
+    return (1, 1, kh, kw) if layout == "NCHW" else (1, kh, kw, 1)
+
+
+def _pads(layout: str, p: int) -> list[tuple[int, int]]:
+    """Padding of ``p`` on both sides of the spatial axes of ``layout``, none on the others."""
+    return [(p, p) if axis in ("H", "W") else (0, 0) for axis in layout]
+
+
+def _jax_max_pool(case: PoolCase) -> Callable[[Any], Any]:
+    """Max pool of a case in JAX: ``lax.reduce_window`` max with -inf padding."""
+    import jax.numpy as jnp
+    from jax import lax
+
+    k, s, p = case.kernel, case.stride, case.pad
+    window, strides = _window(case.layout, k, k), _window(case.layout, s, s)
+    pads = _pads(case.layout, p)
+
+    def pool(x: Any) -> Any:
+        return lax.reduce_window(x, -jnp.inf, lax.max, window, strides, pads)
+
+    return pool
+
+
+def _jax_avg_pool(case: AvgPoolCase) -> Callable[[Any], Any]:
+    """Average pool of a case in JAX: a window sum (``lax.reduce_window`` add, zero padding) divided by
+    the window size, or with ``count_include_pad=False`` by the window sum of ones (the elements inside
+    the image); global: the mean over the spatial axes."""
+    import jax.numpy as jnp
+    from jax import lax
+
+    if case.is_global:
+        axes = (2, 3) if case.layout == "NCHW" else (1, 2)
+        return lambda x: jnp.mean(x, axis=axes, keepdims=True)
+    k, s, p = case.kernel, case.stride or case.kernel, case.pad
+    window, strides = _window(case.layout, k, k), _window(case.layout, s, s)
+    pads = _pads(case.layout, p)
+
+    def window_sum(x: Any) -> Any:
+        return lax.reduce_window(x, 0.0, lax.add, window, strides, pads)
+
+    if case.count_include_pad:
+        return lambda x: window_sum(x) / (k * k)
+
+    def pool(x: Any) -> Any:
+        ones = jnp.ones((1, *x.shape[1:]), x.dtype)
+        return window_sum(x) / window_sum(ones)
+
+    return pool
+
+
 def _jax_train_step(case: TrainCase, dtype: str) -> Callable[[], Any]:
     """One jitted training step of ``case``'s network in JAX (see :class:`JaxPeer`)."""
     import jax
     import jax.numpy as jnp
-    from jax import lax
 
     rng = np.random.default_rng(0)
 
@@ -484,30 +679,10 @@ def _jax_train_step(case: TrainCase, dtype: str) -> Callable[[], Any]:
         bound = 1 / np.sqrt(fan_in)
         return jnp.asarray(rng.uniform(-bound, bound, shape).astype(dtype))
 
-    convs = [(30, 1, 5)] if case.network == "simple" else [(32, 1, 3), (64, 32, 3), (64, 64, 3)]
-    denses = [(30 * 12 * 12, 100), (100, 10)] if case.network == "simple" else [(576, 64), (64, 10)]
-    params: dict[str, Any] = {}
-    for i, (f, c, k) in enumerate(convs):
-        params[f"W{i}"] = dense(c * k * k, (f, c, k, k))
-        params[f"b{i}"] = dense(c * k * k, (f,))
-    for i, (n_in, n_out) in enumerate(denses):
-        params[f"A{i}"] = dense(n_in, (n_in, n_out))
-        params[f"c{i}"] = dense(n_in, (n_out,))
-
-    def pool(x: Any) -> Any:
-        return lax.reduce_window(x, -jnp.inf, lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
-
-    def net(q: dict[str, Any], x: Any) -> Any:
-        for i in range(len(convs)):
-            x = lax.conv_general_dilated(
-                x, q[f"W{i}"], (1, 1), "VALID", dimension_numbers=("NCHW", "OIHW", "NCHW")
-            )
-            x = jax.nn.relu(x + q[f"b{i}"][None, :, None, None])
-            if case.network == "simple" or i < 2:
-                x = pool(x)
-        x = x.reshape(x.shape[0], -1)
-        x = jax.nn.relu(x @ q["A0"] + q["c0"])
-        return x @ q["A1"] + q["c1"]
+    if case.network == "separable":
+        params, net = _jax_separable(dense)
+    else:
+        params, net = _jax_pooled(case.network, dense)
 
     def loss_fn(q: dict[str, Any], x: Any, labels: Any) -> Any:
         logp = jax.nn.log_softmax(net(q, x))
@@ -555,6 +730,80 @@ def _jax_train_step(case: TrainCase, dtype: str) -> Callable[[], Any]:
         return jax.block_until_ready(loss)
 
     return step
+
+
+def _jax_pooled(network: str, dense: Callable[[int, tuple[int, ...]], Any]) -> tuple[dict[str, Any], Any]:
+    """Parameters and forward function of T1's SimpleConvNet or T2's Keras MNIST network in JAX."""
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    convs = [(30, 1, 5)] if network == "simple" else [(32, 1, 3), (64, 32, 3), (64, 64, 3)]
+    denses = [(30 * 12 * 12, 100), (100, 10)] if network == "simple" else [(576, 64), (64, 10)]
+    params: dict[str, Any] = {}
+    for i, (f, c, k) in enumerate(convs):
+        params[f"W{i}"] = dense(c * k * k, (f, c, k, k))
+        params[f"b{i}"] = dense(c * k * k, (f,))
+    for i, (n_in, n_out) in enumerate(denses):
+        params[f"A{i}"] = dense(n_in, (n_in, n_out))
+        params[f"c{i}"] = dense(n_in, (n_out,))
+
+    def pool(x: Any) -> Any:
+        return lax.reduce_window(x, -jnp.inf, lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
+
+    def net(q: dict[str, Any], x: Any) -> Any:
+        for i in range(len(convs)):
+            x = lax.conv_general_dilated(
+                x, q[f"W{i}"], (1, 1), "VALID", dimension_numbers=("NCHW", "OIHW", "NCHW")
+            )
+            x = jax.nn.relu(x + q[f"b{i}"][None, :, None, None])
+            if network == "simple" or i < 2:
+                x = pool(x)
+        x = x.reshape(x.shape[0], -1)
+        x = jax.nn.relu(x @ q["A0"] + q["c0"])
+        return x @ q["A1"] + q["c1"]
+
+    return params, net
+
+
+def _jax_separable(dense: Callable[[int, tuple[int, ...]], Any]) -> tuple[dict[str, Any], Any]:
+    """Parameters and forward function of T3's SeparableConvNet in JAX (:class:`TorchPeer`'s layers)."""
+    import jax
+    import jax.numpy as jnp
+
+    from fastconv.bench.cases import GroupConvCase, TransposedConvCase
+    from fastconv.train.networks import SEPARABLE_CHANNELS
+
+    c1, c2, c3, c4 = SEPARABLE_CHANNELS
+    n = 0  # the batch size does not enter the layer functions
+    layers: dict[
+        str, tuple[GroupConvCase | TransposedConvCase, int]
+    ] = {  # name: (the layer as a case, fan_in)
+        "1": (GroupConvCase("", (n, 1, 28, 28), (c1, 1, 3, 3), stride=2, pad=1), 9),
+        "2": (GroupConvCase("", (n, c1, 14, 14), (c1, 1, 3, 3), pad=1, groups=c1), 9),
+        "3": (GroupConvCase("", (n, c1, 14, 14), (c2, c1, 1, 1)), c1),
+        "4": (TransposedConvCase("", (n, c2, 14, 14), (c2, c3, 2, 2), stride=2), c3 * 4),
+        "5": (GroupConvCase("", (n, c3, 28, 28), (c4, c3, 3, 3), pad=1), c3 * 9),
+    }
+    params: dict[str, Any] = {}
+    for key, (layer, fan_in) in layers.items():
+        params[f"W{key}"] = dense(fan_in, layer.w_shape)
+        params[f"b{key}"] = dense(fan_in, (layer.out_shape[1],))
+    params["W6"], params["b6"] = dense(c4, (c4, 10)), dense(c4, (10,))
+    fns = {
+        key: _jax_conv_transpose(layer) if isinstance(layer, TransposedConvCase) else _jax_conv(layer)
+        for key, (layer, _) in layers.items()
+    }
+
+    def net(q: dict[str, Any], x: Any) -> Any:
+        for key, fn in fns.items():
+            x = fn(x, q[f"W{key}"], q[f"b{key}"])
+            if key != "2":  # the depthwise conv goes straight into the pointwise one
+                x = jax.nn.relu(x)
+        x = jnp.mean(x, axis=(2, 3))
+        return x @ q["W6"] + q["b6"]
+
+    return params, net
 
 
 # How JAX's CPU client was started: None until start_jax; then a dict saying how many cores it was given.

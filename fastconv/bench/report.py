@@ -4,7 +4,9 @@ A run is a JSON-ready document (see ``fastconv.bench.main``) whose ``results`` h
 measurement: ``dtype``, ``shape``, ``what`` (the case described), ``peer``, ``phase``, and
 ``median_ms`` / ``min_ms`` (None when the measurement failed, with ``error``, or when the peer cannot
 run the case, with ``note``), and for a fastconv convolution ``algorithm`` (what ran; shown in the
-cell, e.g. ``12.3 (1.00x) winograd``; ``fwd/bwd`` in the forward + backward table).
+cell, e.g. ``12.3 (1.00x) winograd``; ``fwd/bwd`` in the forward + backward table). The rows of an
+NHWC case carry ``layout`` and ``twin`` (its NCHW case): a last table per dtype gives each peer's
+NHWC / NCHW time ratio.
 """
 
 from __future__ import annotations
@@ -178,7 +180,42 @@ def tables(results: Sequence[dict[str, Any]], stat: str = "median") -> str:
                 out.append("| shape | case | " + " | ".join(peers) + " |")
                 out.append("|---|---|" + "---:|" * len(peers))
                 out.extend(lines)
+        out.extend(_layout_table(results, dtype, peers, index, stat))
     return "\n".join(out).lstrip("\n") + "\n"
+
+
+def _layout_table(
+    results: Sequence[dict[str, Any]],
+    dtype: str,
+    peers: list[str],
+    index: dict[tuple[str, str, str, str], dict[str, Any]],
+    stat: str,
+) -> list[str]:
+    """The lines of a table of each NHWC case's time over its NCHW twin's (rows with a ``twin``), per
+    peer, forward / backward; empty when the run has no NHWC case beside its twin."""
+    twins = {r["shape"]: r["twin"] for r in results if r.get("twin") and r["dtype"] == dtype}
+    lines = []
+    for shape, twin in twins.items():
+        cells = []
+        for peer in peers:
+            ratios = []
+            for ph in PHASES:
+                nhwc, nchw = index.get((dtype, shape, peer, ph)), index.get((dtype, twin, peer, ph))
+                a = nhwc.get(f"{stat}_ms") if nhwc else None
+                b = nchw.get(f"{stat}_ms") if nchw else None
+                ratios.append(f"{a / b:.2f}x" if a is not None and b else "-")
+            cells.append(" / ".join(ratios) if any(r != "-" for r in ratios) else "-")
+        if any(c != "-" for c in cells):
+            lines.append(f"| {shape} | {twin} | " + " | ".join(cells) + " |")
+    if not lines:
+        return []
+    return [
+        f"\n{dtype}, NHWC / NCHW: each NHWC case's {stat} time over its NCHW twin's, forward / backward "
+        "(below 1: NHWC is faster)\n",
+        "| NHWC | NCHW | " + " | ".join(peers) + " |",
+        "|---|---|" + "---:|" * len(peers),
+        *lines,
+    ]
 
 
 def plot(results: Sequence[dict[str, Any]], path: str, title: str = "", stat: str = "median") -> None:

@@ -1,6 +1,7 @@
 """Training stack: networks, optimizers, data sets, the training loop and the ``fastconv train`` job.
 
-Modules: ``networks`` (the book's SimpleConvNet), ``keras`` (a Keras-style Sequential: ``keras.layers``,
+Modules: ``networks`` (the book's SimpleConvNet, and SeparableConvNet: depthwise-separable, transposed
+convolution, global average pooling), ``keras`` (a Keras-style Sequential: ``keras.layers``,
 ``keras.model``), ``optimizers``, ``data`` (MNIST IDX files, scikit-learn's digits), ``loop`` (the one
 training loop, used by ``Sequential.fit`` and ``fastconv train``), ``trainer`` (the CLI, checkpoints),
 ``plots``. ``gradcheck`` is :func:`fastconv.testing.gradcheck`, re-exported.
@@ -23,6 +24,7 @@ __all__ = [
     "Nesterov",
     "RMSprop",
     "Sequential",
+    "SeparableConvNet",
     "SimpleConvNet",
     "gradcheck",
     "load_digits_dataset",
@@ -43,12 +45,18 @@ _LAZY = {
     "RMSprop": "fastconv.train.optimizers",
     "Adam": "fastconv.train.optimizers",
     "make_optimizer": "fastconv.train.optimizers",
+    "SeparableConvNet": "fastconv.train.networks",
     "SimpleConvNet": "fastconv.train.networks",
     "Sequential": "fastconv.train.keras",
     "History": "fastconv.train.keras",
     "mnist_cnn": "fastconv.train.keras",
     "Conv2D": "fastconv.train.keras",
     "MaxPooling2D": "fastconv.train.keras",
+    "DepthwiseConv2D": "fastconv.train.keras",
+    "SeparableConv2D": "fastconv.train.keras",
+    "Conv2DTranspose": "fastconv.train.keras",
+    "AveragePooling2D": "fastconv.train.keras",
+    "GlobalAveragePooling2D": "fastconv.train.keras",
     "Flatten": "fastconv.train.keras",
     "Dense": "fastconv.train.keras",
     "Dropout": "fastconv.train.keras",

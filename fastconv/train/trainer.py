@@ -42,6 +42,8 @@ CHECKPOINT = "checkpoint.npz"
 OUTPUTS = (CHECKPOINT, "model.npz", "history.csv", "curves.png", "predictions.png", "filters.png")
 EVAL_BATCH = 500
 FORMAT = "fastconv-train-checkpoint"
+# 2: the Keras-style model flattens channels_last images in Keras's (H, W, C) order (fastconv 0.2)
+VERSION = 2
 # Learning rate of an optimizer chosen with --optimizer (the book's, except RMSprop/Adam at Keras' 1e-3);
 # the default optimizer of each model and data set has its own tuned rate in DEFAULTS.
 DEFAULT_LR = {
@@ -57,7 +59,10 @@ DEFAULTS = {  # (model, dataset) -> epochs, batch size, optimizer, its learning 
     ("keras", "digits"): (15, 32, "rmsprop", 0.001),
     ("simple", "mnist"): (5, 100, "adam", 0.003),
     ("keras", "mnist"): (5, 64, "rmsprop", 0.001),
+    ("separable", "digits"): (15, 32, "adam", 0.003),
+    ("separable", "mnist"): (5, 64, "adam", 0.003),
 }
+MODEL_NAMES = {"simple": "SimpleConvNet", "keras": "Keras-style CNN", "separable": "SeparableConvNet"}
 HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds")
 # Config entries that must match to resume (epochs may grow).
 RESUME_KEYS = ("model", "dataset", "batch_size", "optimizer", "lr", "seed", "dtype", "n_train", "n_test")
@@ -66,13 +71,15 @@ RESUME_KEYS = ("model", "dataset", "batch_size", "optimizer", "lr", "seed", "dty
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fastconv train",
-        description="Train a small CNN (the book's SimpleConvNet or a Keras-style net) with fastconv kernels.",
+        description="Train a small CNN (the book's SimpleConvNet, a Keras-style net or a depthwise-separable "
+        "net) with fastconv kernels.",
     )
     p.add_argument(
         "--model",
-        choices=("simple", "keras"),
+        choices=tuple(MODEL_NAMES),
         default="simple",
-        help="simple: the book's SimpleConvNet; keras: Conv32-Pool-Conv64-Pool-Conv64-Dense64-Dense10",
+        help="simple: the book's SimpleConvNet; keras: Conv32-Pool-Conv64-Pool-Conv64-Dense64-Dense10; "
+        "separable: Conv16/2-Depthwise3x3-Pointwise32-Deconv16x2-Conv32-GlobalAvgPool-Dense10",
     )
     p.add_argument(
         "--dataset",
@@ -98,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--optimizer",
         choices=tuple(OPTIMIZERS),
         default=None,
-        help="default: adam (lr 0.003) for simple, rmsprop (lr 0.001, rho 0.9 as Keras) for keras",
+        help="default: adam (lr 0.003) for simple and separable, rmsprop (lr 0.001, rho 0.9 as Keras) "
+        "for keras",
     )
     p.add_argument(
         "--lr",
@@ -164,12 +172,14 @@ def _config(args: argparse.Namespace, ds: Any) -> dict[str, Any]:
 def build_model(
     kind: str, input_shape: tuple[int, int, int], rng: np.random.Generator, dtype: Any, backend: str | None
 ) -> Any:
-    """The network for ``kind`` ('simple' or 'keras') and an (C, H, W) input.
+    """The network for ``kind`` ('simple', 'keras' or 'separable') and an (C, H, W) input.
 
     simple: the book's SimpleConvNet; on images smaller than 16x16 (digits) a 3x3 conv with pad 1 and
     He-initialised weights, else the book's 5x5 conv, 30 filters, hidden 100, std 0.01.
     keras: Conv32(3x3) - Pool2 - Conv64(3x3) - Pool2 - Conv64(3x3) - Flatten - Dense64 - Dense10, with
     'same' padding on images smaller than 16x16 (8x8 digits would shrink to nothing).
+    separable: :class:`~fastconv.train.networks.SeparableConvNet` (any image size: its transposed conv
+    undoes its strided conv, and global average pooling takes what is left).
     """
     c, h, w = input_shape
     small = min(h, w) < 16
@@ -193,7 +203,11 @@ def build_model(
 
         pad = "same" if small else "valid"
         return mnist_cnn((h, w, c), pad, backend=backend, dtype=dtype, seed=rng)
-    raise ValueError(f"model must be 'simple' or 'keras', got {kind!r}")
+    if kind == "separable":
+        from fastconv.train.networks import SeparableConvNet
+
+        return SeparableConvNet(input_shape, backend=backend, dtype=dtype, rng=rng)
+    raise ValueError(f"model must be one of {', '.join(map(repr, MODEL_NAMES))}, got {kind!r}")
 
 
 def _hyper(cfg: dict[str, Any]) -> dict[str, float]:
@@ -229,7 +243,7 @@ def save_checkpoint(
             arrays[f"opt/{slot}/{k}"] = v
     meta = {
         "format": FORMAT,
-        "version": 1,
+        "version": VERSION,
         "epoch": epoch,
         "config": config,
         "history": history,
@@ -340,6 +354,8 @@ def _compile_ahead(backend: str | None, dtype: str, model: str) -> Callable[[], 
         f"data load (a few seconds, once; cached in {nb.runtime.CACHE_DIR})",
         flush=True,
     )
+    if model == "separable":  # grouped, transposed and 3x3 convs, average pools: every unit may run
+        return nb.compile_ahead((dtype,))
     # SimpleConvNet's one conv layer computes no dx (it is the first): no col2im to compile
     units = ("gemm", "direct", "pool") + (() if model == "simple" else ("col2im",))
     return nb.compile_ahead((dtype,), units=units)
@@ -388,6 +404,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
             meta, params, slots = load_checkpoint(ckpt_path)
             old = meta["config"]
+            if meta["version"] < 2 and old.get("model") == "keras":
+                raise ValueError(
+                    f"--resume: {ckpt_path} was written by fastconv before 0.2, whose Keras-style model "
+                    "flattened in another order; start afresh (without --resume)"
+                )
             diff = {k: (old.get(k), cfg[k]) for k in RESUME_KEYS if old.get(k) != cfg[k]}
             if diff:
                 raise ValueError(
@@ -454,7 +475,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not args.no_plots:
         from fastconv.train import plots
 
-        name = "SimpleConvNet" if cfg["model"] == "simple" else "Keras-style CNN"
+        name = MODEL_NAMES[cfg["model"]]
         plots.plot_curves(
             history,
             out / "curves.png",

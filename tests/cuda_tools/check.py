@@ -8,10 +8,11 @@ Two checks, both on the real ``.cu`` sources of :mod:`fastconv.backends.cupy`:
    toolkit); it needs no GPU and no driver.
 2. :func:`cpu_kernels` compiles the same sources with a C++ compiler and ``cpu_compat.h`` (launch
    geometry of one block of one thread) into a shared library in a cache directory, and wraps each
-   template instantiation for ctypes calls on NumPy buffers, so that tests can compare the kernels'
-   index math with the NumPy backend.
+   template instantiation for ctypes calls on NumPy buffers; :func:`cpu_backend` then runs the cupy
+   backend's whole ops (GEMMs with NumPy, kernels from that library) on the CPU, so that tests can
+   compare the kernels' index math and the ops' composition with a reference.
 
-``python tests/cuda/check.py`` runs both and prints a summary. Test machinery, not part of the package.
+``python tests/cuda_tools/check.py`` runs both and prints a summary. Test machinery, not part of the package.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -283,17 +285,18 @@ def build_cpu_library(cxx: str | None = None, cache_dir: Path | None = None) -> 
 
 
 class CPUKernels:
-    """The CUDA kernels compiled for the CPU, with the cupy backend's launch arguments.
+    """The CUDA kernels compiled for the CPU, called like :func:`fastconv.backends.cupy.runtime.launch`.
 
-    Outputs are pre-filled with NaN (argmax with -7) so that an element a kernel forgets to write
-    shows up in comparisons. ``index`` forces the int32 or int64 instantiation (default: as the GPU
-    backend picks it).
+    :meth:`launch` takes the same (kernel, dtype, Launch, arrays) as the GPU launcher, so the cupy
+    backend's own launch arguments reach the kernels. ``index`` forces the int32 or int64
+    instantiation (default: as the GPU backend picks it).
     """
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or build_cpu_library()
         self._lib = ctypes.CDLL(str(self.path))
         self._funcs: dict[tuple[str, str, str], ctypes._CFuncPtr] = {}
+        self.index: str | None = None
         for k in _cu.KERNELS.values():
             for dtype in _cu.ELEMENT_TYPES:
                 for index in _cu.INDEX_TYPES:
@@ -304,52 +307,65 @@ class CPUKernels:
                     ]
                     self._funcs[(k.name, dtype, index)] = fn
 
-    def _call(
-        self, kernel: str, dtype: str, index: str, arrays: tuple[np.ndarray, ...], scalars: tuple[int, ...]
-    ):
+    def launch(
+        self, kernel: str, dtype, launch: _cu.Launch, arrays: tuple[np.ndarray, ...], index=None
+    ) -> None:
+        """Run ``kernel`` over ``launch`` on NumPy buffers (one block of one thread: every element in order)."""
+        dtype = np.dtype(dtype).name
+        if dtype not in _cu.ELEMENT_TYPES:
+            raise TypeError(f"dtype must be float32 or float64, got {dtype}")
         for a in arrays:
-            if not a.flags.c_contiguous:
-                raise ValueError(f"{kernel}: arrays must be C-contiguous")
-        self._funcs[(kernel, dtype, index)](*(a.ctypes.data for a in arrays), *scalars)
+            if not isinstance(a, np.ndarray) or not a.flags.c_contiguous:
+                raise ValueError(f"{kernel}: arrays must be C-contiguous NumPy arrays")
+        if launch.total == 0:
+            return
+        fn = self._funcs[(kernel, dtype, index or self.index or launch.index)]
+        fn(*(a.ctypes.data for a in arrays), *launch.scalars)
+
+
+class _NaNFilledNumPy:
+    """NumPy, except that ``empty`` fills with NaN (-7 for integers): an unwritten element shows up."""
+
+    def __getattr__(self, name: str):
+        return getattr(np, name)
 
     @staticmethod
-    def _dtype(a: np.ndarray) -> str:
-        if a.dtype.name not in _cu.ELEMENT_TYPES:
-            raise TypeError(f"dtype must be float32 or float64, got {a.dtype}")
-        return a.dtype.name
+    def empty(shape, dtype=float):
+        dtype = np.dtype(dtype)
+        return np.full(shape, np.nan if dtype.kind == "f" else -7, dtype=dtype)
 
-    def im2col(self, x, kh, kw, stride, pad, dilation, *, k_major=False, index=None) -> np.ndarray:
-        """x (N, C, H, W) -> col (N*OH*OW, C*kh*kw), or (C*kh*kw, N*OH*OW) when ``k_major``."""
-        launch = _cu.im2col_args(x.shape, kh, kw, stride, pad, dilation, k_major)
-        col = np.full(launch.out_shape, np.nan, dtype=x.dtype)
-        self._call("fc_im2col", self._dtype(x), index or launch.index, (x, col), launch.scalars)
-        return col
 
-    def col2im(self, col, x_shape, kh, kw, stride, pad, dilation, *, k_major=False, index=None) -> np.ndarray:
-        """col (N*OH*OW, C*kh*kw) (transposed when ``k_major``) -> dx (N, C, H, W)."""
-        launch = _cu.col2im_args(tuple(x_shape), kh, kw, stride, pad, dilation, k_major)
-        dx = np.full(launch.out_shape, np.nan, dtype=col.dtype)
-        self._call("fc_col2im", self._dtype(col), index or launch.index, (col, dx), launch.scalars)
-        return dx
+def _require_numpy(arr, arg: str, dtypes: tuple[str, ...] = tuple(_cu.ELEMENT_TYPES)):
+    if not isinstance(arr, np.ndarray):
+        raise TypeError(f"{arg} must be a NumPy array on the CPU build, got {type(arr).__name__}")
+    if arr.dtype.name not in dtypes:
+        raise TypeError(f"{arg} must have dtype {' or '.join(dtypes)}, got {arr.dtype}")
+    return np.ascontiguousarray(arr)
 
-    def maxpool_fwd(self, x, kh, kw, stride, pad, dilation, *, index=None) -> tuple[np.ndarray, np.ndarray]:
-        """x (N, C, H, W) -> y (N, C, OH, OW), argmax (N, C, OH, OW) int32."""
-        launch = _cu.maxpool_fwd_args(x.shape, kh, kw, stride, pad, dilation)
-        y = np.full(launch.out_shape, np.nan, dtype=x.dtype)
-        argmax = np.full(launch.out_shape, -7, dtype=np.int32)
-        self._call("fc_maxpool_fwd", self._dtype(x), index or launch.index, (x, y, argmax), launch.scalars)
-        return y, argmax
 
-    def maxpool_bwd(self, dout, argmax, x_shape, kh, kw, stride, pad, dilation, *, index=None) -> np.ndarray:
-        """dout, argmax (N, C, OH, OW) -> dx (N, C, H, W)."""
-        launch = _cu.maxpool_bwd_args(tuple(x_shape), kh, kw, stride, pad, dilation)
-        if argmax.dtype != np.int32:
-            raise TypeError(f"argmax must be int32, got {argmax.dtype}")
-        dx = np.full(launch.out_shape, np.nan, dtype=dout.dtype)
-        self._call(
-            "fc_maxpool_bwd", self._dtype(dout), index or launch.index, (dout, argmax, dx), launch.scalars
-        )
-        return dx
+@contextmanager
+def cpu_backend(kernels: CPUKernels | None = None, index: str | None = None):
+    """Run the cupy backend's ops on the CPU: NumPy for CuPy, the g++ kernels for the CUDA ones.
+
+    Inside the block ``fastconv.backends.cupy`` (its ops and pooling) takes and returns NumPy arrays;
+    outputs of ``empty`` are NaN-filled. ``index`` forces one index instantiation. Not thread-safe:
+    it swaps module attributes of ``fastconv.backends.cupy.runtime`` and restores them on exit.
+    """
+    from fastconv.backends.cupy import runtime as rt
+
+    kernels = kernels or cpu_kernels()
+    saved = (rt.cupy, rt.launch, rt.require)
+
+    def launch(kernel, dtype, launch, arrays):
+        kernels.launch(kernel, dtype, launch, arrays, index=index)
+
+    rt.cupy, rt.launch, rt.require = _NaNFilledNumPy(), launch, _require_numpy
+    try:
+        import fastconv.backends.cupy as backend
+
+        yield backend
+    finally:
+        rt.cupy, rt.launch, rt.require = saved
 
 
 @lru_cache(maxsize=1)

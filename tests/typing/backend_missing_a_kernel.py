@@ -5,8 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from fastconv.backends.numpy import (
+    avgpool2d_backward,
+    avgpool2d_forward,
     col2im,
+    contract,
     conv2d_backward,
+    conv2d_backward_data,
     conv2d_forward,
     im2col,
     maxpool2d_forward,
@@ -16,8 +20,12 @@ from fastconv.backends.numpy import (
 )
 
 __all__ = [
+    "avgpool2d_backward",
+    "avgpool2d_forward",
     "col2im",
+    "contract",
     "conv2d_backward",
+    "conv2d_backward_data",
     "conv2d_forward",
     "im2col",
     "maxpool2d_forward",

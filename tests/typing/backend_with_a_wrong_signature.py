@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastconv._shapes import Pair
+from fastconv._shapes import Pad4, Pair
 from fastconv.backends.numpy import (
+    avgpool2d_backward,
+    avgpool2d_forward,
     col2im,
+    contract,
     conv2d_backward,
+    conv2d_backward_data,
     conv2d_forward,
     maxpool2d_backward,
     maxpool2d_forward,
@@ -18,8 +22,12 @@ from fastconv.backends.numpy import (
 from fastconv.backends.numpy import im2col as _im2col
 
 __all__ = [
+    "avgpool2d_backward",
+    "avgpool2d_forward",
     "col2im",
+    "contract",
     "conv2d_backward",
+    "conv2d_backward_data",
     "conv2d_forward",
     "im2col",
     "maxpool2d_backward",
@@ -35,6 +43,6 @@ name = "wrong-signature"
 xp = np
 
 
-def im2col(x: np.ndarray, kh: int, kw: int, stride: Pair, pad: Pair) -> np.ndarray:
+def im2col(x: np.ndarray, kh: int, kw: int, stride: Pair, pad: Pad4) -> np.ndarray:
     """The contract's im2col without dilation."""
     return _im2col(x, kh, kw, stride, pad, (1, 1))

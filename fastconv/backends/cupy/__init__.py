@@ -1,8 +1,11 @@
-"""The CuPy backend: CUDA kernels for im2col/col2im and max pooling, cuBLAS GEMMs for convolution.
+"""The CuPy backend: CUDA kernels for im2col/col2im, depthwise convolution and pooling, cuBLAS GEMMs.
 
-* ``ops.py``: the contract's six kernels (launches and cuBLAS calls);
+* ``ops.py``: the convolution kernels of the contract (grouped GEMMs, NCHW and NHWC, direct
+  depthwise kernels);
+* ``pooling.py``: max and average pooling, forward and backward;
+* ``runtime.py``: compiling (NVRTC through cupy.RawModule) and launching the kernels;
 * ``kernels.py``: the table of ``.cu`` sources, template instantiations and launch arguments, shared
-  with the CI checks that compile the sources without a GPU (``tests/cuda/check.py``);
+  with the CI checks that compile the sources without a GPU (``tests/cuda_tools/check.py``);
 * ``*.cu``, ``fastconv_common.cuh``: the CUDA sources.
 
 Importing this package imports CuPy when it is installed (the registry imports the package only
@@ -22,17 +25,26 @@ from fastconv._arrays import is_cupy
 from fastconv.backends.cupy.ops import (
     col2im,
     conv2d_backward,
+    conv2d_backward_data,
     conv2d_forward,
     im2col,
+)
+from fastconv.backends.cupy.pooling import (
+    avgpool2d_backward,
+    avgpool2d_forward,
     maxpool2d_backward,
     maxpool2d_forward,
-    warmup,
 )
-from fastconv.backends.cupy.ops import cupy as xp
+from fastconv.backends.cupy.runtime import cupy as xp
+from fastconv.backends.cupy.runtime import warmup
 
 __all__ = [
+    "contract",
+    "avgpool2d_backward",
+    "avgpool2d_forward",
     "col2im",
     "conv2d_backward",
+    "conv2d_backward_data",
     "conv2d_forward",
     "im2col",
     "info",
@@ -48,6 +60,7 @@ __all__ = [
 ]
 
 name = "cupy"
+contract = 2  # the kernels take contract version 2's arguments (see fastconv.backends)
 _INSTALL = "pip install 'fastconv[cuda12]' (CUDA 12 driver) on a machine with an NVIDIA GPU"
 _ELSEWHERE = "use FASTCONV_BACKEND=numba or numpy on this machine"
 

@@ -38,7 +38,35 @@ __device__ __forceinline__ bool fc_isnan(T v) {
     return v != v;
 }
 
-// Input row (or column) read by window offset k of output position o: o*s - p + k*d.
+// Offset of element (n, c, h, w) of a 4-D tensor of C channels stored as NCHW (nhwc == 0) or NHWC
+// (nhwc == 1): ((n*C + c)*H + h)*W + w, or ((n*H + h)*W + w)*C + c.
+template <typename I>
+__device__ __forceinline__ I fc_offset(I n, I c, I h, I w, I C, I H, I W, int nhwc) {
+    return nhwc ? ((n * H + h) * W + w) * C + c : ((n * C + c) * H + h) * W + w;
+}
+
+// Inverse of fc_offset: the (n, c, h, w) of flat index e, so that threads walk memory in order.
+template <typename I>
+__device__ __forceinline__ void fc_split(I e, I C, I H, I W, int nhwc, I& n, I& c, I& h, I& w) {
+    if (nhwc) {
+        c = e % C;
+        e /= C;
+        w = e % W;
+        e /= W;
+        h = e % H;
+        n = e / H;
+    } else {
+        w = e % W;
+        e /= W;
+        h = e % H;
+        e /= H;
+        c = e % C;
+        n = e / C;
+    }
+}
+
+// Input row (or column) read by window offset k of output position o: o*s - p + k*d
+// (p is the top padding for rows, the left padding for columns).
 template <typename I>
 __device__ __forceinline__ I fc_in_pos(I o, I k, I s, I p, I d) {
     return o * s - p + k * d;

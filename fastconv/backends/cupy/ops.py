@@ -1,85 +1,81 @@
-"""The CuPy backend's six contract kernels: CUDA kernels for im2col/col2im and max pooling, cuBLAS GEMMs.
+"""The cupy backend's convolution kernels: CUDA im2col/col2im, cuBLAS GEMMs, direct depthwise kernels.
 
-The kernels are the ``.cu`` sources beside this file, described by :mod:`fastconv.backends.cupy.kernels`
-and compiled with NVRTC through ``cupy.RawModule`` once per process and device (CuPy's on-disk cache
-makes later processes start fast). col2im and the max-pool backward are gathers (one thread per input
-pixel), so every result is deterministic run to run. Every launch goes to CuPy's current stream.
+Contract v2 (see :mod:`fastconv.backends`): ``pad`` is (top, bottom, left, right); ``layout`` is
+"NCHW" or "NHWC"; W is (F, C // groups, kh, kw) in both layouts.
 
-``cupy`` is None where CuPy cannot be imported: the module still loads (the package's ``probe``
-says why the backend is unusable, and the kernel table stays usable for the CI checks that compile
-the sources with NVRTC and g++ on machines without a GPU).
+* Grouped convolutions run as one batched ``cupy.matmul`` over the groups (cuBLAS strided batched
+  GEMM). The columns are built straight in a per-group layout, so no group is ever copied out of x:
+  NCHW uses the k-major columns (C*kh*kw, N*OH*OW), whose rows for group g are one contiguous block;
+  NHWC uses columns (G, N*OH*OW, kh*kw*Cg), whose GEMM output (N*OH*OW, Fg) per group is already the
+  NHWC y. When the columns of all groups would exceed :data:`COL_BUDGET_BYTES`, the groups run in
+  chunks (the kernels take a channel / group window), bounding the extra memory.
+* Depthwise convolutions (Cg == 1; a GEMM per group would reduce over only kh*kw) run as direct CUDA
+  kernels: forward and dx one thread per output element, dW as per-chunk partial sums added in a
+  fixed order.
+
+Every kernel is a gather or a fixed-order reduction, so results are deterministic run to run.
+CuPy, the launcher and the input check are reached through :mod:`~fastconv.backends.cupy.runtime`
+(``_rt.cupy``, ``_rt.launch``, ``_rt.require``), which the CPU tests swap for NumPy and the g++
+build of the same kernels.
 """
 
 from __future__ import annotations
 
-from functools import cache
 from typing import Any
 
-import numpy as np
-
-from fastconv._arrays import is_cupy
-from fastconv._shapes import Pair, bad_argmax_error, conv_output_size
+from fastconv._shapes import Pair, conv_output_size
 from fastconv.backends.cupy import kernels as _cu
+from fastconv.backends.cupy import runtime as _rt
+from fastconv.backends.cupy.kernels import Pad4
 
-try:
-    import cupy
-except Exception:  # not installed, or a broken install: probe() reports which  # noqa: BLE001
-    cupy = None
+#: Most bytes of im2col columns one convolution call holds at once (beyond x, W, y). Grouped
+#: convolutions over it run a few groups at a time; a single group's columns are never split.
+COL_BUDGET_BYTES = 1 << 30
 
-_BLOCK = 256
-_MAX_BLOCKS = 65535 * 4  # the grid-stride loop covers the rest; enough blocks to fill any current GPU
+ALGORITHMS = ("gemm",)
 
 
 # ---------------------------------------------------------------------------------------------------
-# Kernel loading and launching
+# Helpers
 # ---------------------------------------------------------------------------------------------------
 
 
-@cache
-def _module(file: str, device: int) -> Any:
-    """cupy.RawModule of one .cu file with all its instantiations, compiled once per device."""
-    return cupy.RawModule(
-        code=_cu.source(file), options=_cu.NVRTC_OPTIONS, name_expressions=_cu.name_expressions(file)
-    )
-
-
-@cache
-def _function(kernel: str, dtype: str, index: str, device: int) -> Any:
-    k = _cu.KERNELS[kernel]
-    return _module(k.file, device).get_function(k.expression(dtype, index))
-
-
-def _launch(kernel: str, dtype: np.dtype, launch: _cu.Launch, arrays: tuple[Any, ...]) -> None:
-    """Launch ``kernel`` on the current stream over ``launch.total`` elements (asynchronous)."""
-    if launch.total == 0:
-        return
-    scalar = np.int32 if launch.index == "int32" else np.int64
-    k = _cu.KERNELS[kernel]
-    params = k.params[len(arrays) :]
-    scalars = tuple(
-        np.int32(v) if p == "int" else scalar(v) for p, v in zip(params, launch.scalars, strict=True)
-    )
-    fn = _function(kernel, np.dtype(dtype).name, launch.index, cupy.cuda.runtime.getDevice())
-    blocks = min(-(-launch.total // _BLOCK), _MAX_BLOCKS)
-    fn((blocks,), (_BLOCK,), (*arrays, *scalars))
-
-
-def _require(arr: Any, arg: str, dtypes: tuple[str, ...] = tuple(_cu.ELEMENT_TYPES)) -> Any:
-    """``arr`` as a C-contiguous cupy.ndarray (no copy when it already is one); TypeError otherwise."""
-    if not is_cupy(arr):
-        raise TypeError(
-            f"{arg} is a {type(arr).__module__}.{type(arr).__name__}, but the cupy backend needs a "
-            f"cupy.ndarray: move it with fastconv.to_device({arg}, backend='cupy'), or use the 'auto' backend"
+def _check(pad: Pad4, layout: str, algorithm: str = "gemm") -> None:
+    if len(pad) != 4:
+        raise ValueError(f"pad must be (top, bottom, left, right), got {pad!r}")
+    if layout not in ("NCHW", "NHWC"):
+        raise ValueError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
+    if algorithm not in ALGORITHMS:
+        raise ValueError(
+            f"the cupy backend runs algorithm 'gemm' only (cuBLAS GEMMs, direct kernels for depthwise), "
+            f"got {algorithm!r}"
         )
-    if arr.dtype.name not in dtypes:
-        raise TypeError(f"{arg} must have dtype {' or '.join(dtypes)}, got {arr.dtype}")
-    return arr if arr.flags.c_contiguous else cupy.ascontiguousarray(arr)
 
 
-def _im2col(x: Any, kh: int, kw: int, stride: Pair, pad: Pair, dilation: Pair, k_major: bool) -> Any:
-    launch = _cu.im2col_args(tuple(x.shape), kh, kw, stride, pad, dilation, k_major)
-    col = cupy.empty(launch.out_shape, dtype=x.dtype)
-    _launch("fc_im2col", x.dtype, launch, (x, col))
+def _group_chunks(groups: int, bytes_per_group: int) -> list[tuple[int, int]]:
+    """(first group, group count) pieces whose columns fit COL_BUDGET_BYTES (at least one group each)."""
+    per = max(1, COL_BUDGET_BYTES // max(bytes_per_group, 1))
+    return [(g0, min(per, groups - g0)) for g0 in range(0, groups, per)]
+
+
+def _is_depthwise(c: int, cg: int, groups: int) -> bool:
+    return cg == 1 and groups == c
+
+
+def _im2col(
+    x: Any,
+    kh: int,
+    kw: int,
+    stride: Pair,
+    pad: Pad4,
+    dilation: Pair,
+    k_major: bool,
+    c0: int = 0,
+    channels: int | None = None,
+) -> Any:
+    launch = _cu.im2col_args(tuple(x.shape), kh, kw, stride, pad, dilation, k_major, c0, channels)
+    col = _rt.cupy.empty(launch.out_shape, dtype=x.dtype)
+    _rt.launch("fc_im2col", x.dtype, launch, (x, col))
     return col
 
 
@@ -89,14 +85,52 @@ def _col2im(
     kh: int,
     kw: int,
     stride: Pair,
-    pad: Pair,
+    pad: Pad4,
     dilation: Pair,
     k_major: bool,
+    c0: int = 0,
+    channels: int | None = None,
+    out: Any | None = None,
 ) -> Any:
-    launch = _cu.col2im_args(tuple(x_shape), kh, kw, stride, pad, dilation, k_major)
-    dx = cupy.empty(launch.out_shape, dtype=col.dtype)
-    _launch("fc_col2im", col.dtype, launch, (col, dx))
+    """dx (or the channel window c0 .. of ``out``) from the columns of those channels."""
+    launch = _cu.col2im_args(tuple(x_shape), kh, kw, stride, pad, dilation, k_major, c0, channels)
+    dx = _rt.cupy.empty(launch.out_shape, dtype=col.dtype) if out is None else out
+    _rt.launch("fc_col2im", col.dtype, launch, (col, dx))
     return dx
+
+
+def _im2col_nhwc(
+    x: Any, kh: int, kw: int, stride: Pair, pad: Pad4, dilation: Pair, groups: int, g0: int, count: int
+) -> Any:
+    launch = _cu.im2col_nhwc_args(tuple(x.shape), kh, kw, stride, pad, dilation, groups, g0, count)
+    col = _rt.cupy.empty(launch.out_shape, dtype=x.dtype)
+    _rt.launch("fc_im2col_nhwc", x.dtype, launch, (x, col))
+    return col
+
+
+def _col2im_nhwc(
+    col: Any,
+    x_shape: tuple[int, ...],
+    kh: int,
+    kw: int,
+    stride: Pair,
+    pad: Pad4,
+    dilation: Pair,
+    groups: int,
+    g0: int,
+    count: int,
+    out: Any,
+) -> None:
+    launch = _cu.col2im_nhwc_args(tuple(x_shape), kh, kw, stride, pad, dilation, groups, g0, count)
+    _rt.launch("fc_col2im_nhwc", col.dtype, launch, (col, out))
+
+
+def _nhwc_filters(W: Any, groups: int) -> Any:
+    """W (F, Cg, kh, kw) as (G, kh*kw*Cg, Fg): the right operand of the NHWC GEMM, rows (i, j, c)."""
+    f, cg, kh, kw = W.shape
+    fg = f // groups
+    wt = W.reshape(groups, fg, cg, kh, kw).transpose(0, 3, 4, 2, 1)
+    return _rt.cupy.ascontiguousarray(wt).reshape(groups, kh * kw * cg, fg)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -104,105 +138,213 @@ def _col2im(
 # ---------------------------------------------------------------------------------------------------
 
 
-def warmup() -> None:
-    """Compile every kernel instantiation on the current device ahead of time."""
-    device = cupy.cuda.runtime.getDevice()
-    for kernel in _cu.KERNELS:
-        for dtype in _cu.ELEMENT_TYPES:
-            for index in _cu.INDEX_TYPES:
-                _function(kernel, dtype, index, device)
-
-
-def im2col(x: Any, kh: int, kw: int, stride: Pair, pad: Pair, dilation: Pair) -> Any:
+def im2col(x: Any, kh: int, kw: int, stride: Pair, pad: Pad4, dilation: Pair) -> Any:
     """x: (N, C, H, W) -> col: (N*OH*OW, C*kh*kw) (the book's layout), one CUDA kernel."""
-    x = _require(x, "x")
+    _check(pad, "NCHW")
+    x = _rt.require(x, "x")
     return _im2col(x, kh, kw, stride, pad, dilation, k_major=False)
 
 
 def col2im(
-    col: Any, x_shape: tuple[int, int, int, int], kh: int, kw: int, stride: Pair, pad: Pair, dilation: Pair
+    col: Any, x_shape: tuple[int, ...], kh: int, kw: int, stride: Pair, pad: Pad4, dilation: Pair
 ) -> Any:
     """col: (N*OH*OW, C*kh*kw) -> dx: (N, C, H, W), a deterministic gather (one thread per pixel)."""
-    col = _require(col, "col")
-    return _col2im(col, x_shape, kh, kw, stride, pad, dilation, k_major=False)
+    _check(pad, "NCHW")
+    col = _rt.require(col, "col")
+    return _col2im(col, tuple(x_shape), kh, kw, stride, pad, dilation, k_major=False)
 
 
-def conv2d_forward(x: Any, W: Any, b: Any | None, stride: Pair, pad: Pair, dilation: Pair) -> Any:
-    """x: (N, C, H, W), W: (F, C, kh, kw), b: (F,) or None -> y: (N, F, OH, OW).
-
-    One GEMM on the k-major columns: W (F, C*kh*kw) @ col (C*kh*kw, N*OH*OW) -> (F, N, OH, OW),
-    then one fused transpose (+ bias) into the NCHW output.
-    """
-    x = _require(x, "x")
-    W = _require(W, "W")
-    n = x.shape[0]
-    f, _, kh, kw = W.shape
-    oh, ow = conv_output_size(tuple(x.shape[2:]), (kh, kw), stride, pad, dilation)
-    col = _im2col(x, kh, kw, stride, pad, dilation, k_major=True)
-    y_fn = cupy.matmul(W.reshape(f, -1), col).reshape(f, n, oh, ow).transpose(1, 0, 2, 3)
-    y = cupy.empty((n, f, oh, ow), dtype=x.dtype)
-    if b is None:
-        y[...] = y_fn
+def conv2d_forward(
+    x: Any,
+    W: Any,
+    b: Any | None,
+    stride: Pair,
+    pad: Pad4,
+    dilation: Pair,
+    groups: int = 1,
+    layout: str = "NCHW",
+    *,
+    algorithm: str = "gemm",
+) -> Any:
+    """x (layout order), W (F, C // groups, kh, kw), b (F,) or None -> y (N, F, OH, OW) in x's layout."""
+    _check(pad, layout, algorithm)
+    x, W = _rt.require(x, "x"), _rt.require(W, "W")
+    b = None if b is None else _rt.require(b, "b")
+    cp = _rt.cupy
+    n, c, h, w = _cu._nchw(tuple(x.shape), layout)
+    f, cg, kh, kw = W.shape
+    oh, ow = conv_output_size((h, w), (kh, kw), stride, pad, dilation)
+    if _is_depthwise(c, cg, groups):
+        launch = _cu.dw_fwd_args(tuple(x.shape), f, kh, kw, stride, pad, dilation, layout, b is not None)
+        y = cp.empty(launch.out_shape, dtype=x.dtype)
+        # without a bias the kernel never reads b: W stands in for the pointer
+        _rt.launch("fc_dw_fwd", x.dtype, launch, (x, W, W if b is None else b, y))
+        return y
+    fg, kg, rows = f // groups, cg * kh * kw, n * oh * ow
+    chunks = _group_chunks(groups, kg * rows * x.dtype.itemsize)
+    if layout == "NCHW":
+        # (G, Fg, Kg) @ (G, Kg, N*OH*OW) per chunk -> y_f (F, N*OH*OW), then one transpose (+ b) to NCHW
+        Wg = W.reshape(groups, fg, kg)
+        parts = []
+        for g0, cnt in chunks:
+            col = _im2col(x, kh, kw, stride, pad, dilation, True, g0 * cg, cnt * cg).reshape(cnt, kg, rows)
+            parts.append(cp.matmul(Wg[g0 : g0 + cnt], col).reshape(cnt * fg, rows))
+            del col  # free the columns before the next chunk's are allocated
+        y_f = parts[0] if len(parts) == 1 else cp.concatenate(parts)
+        y_nchw = y_f.reshape(f, n, oh, ow).transpose(1, 0, 2, 3)
+        y = cp.empty((n, f, oh, ow), dtype=x.dtype)
+        if b is None:
+            y[...] = y_nchw
+        else:
+            cp.add(y_nchw, b.reshape(1, f, 1, 1), out=y)
+        return y
+    # NHWC: (G, N*OH*OW, Kg) @ (G, Kg, Fg) -> (G, N*OH*OW, Fg); with one group that is y itself
+    Wt = _nhwc_filters(W, groups)
+    if groups == 1:
+        col = _im2col_nhwc(x, kh, kw, stride, pad, dilation, 1, 0, 1)
+        y = cp.matmul(col[0], Wt[0]).reshape(n, oh, ow, f)
     else:
-        b = _require(b, "b")
-        cupy.add(y_fn, b.reshape(1, f, 1, 1), out=y)
+        y = cp.empty((n, oh, ow, f), dtype=x.dtype)
+        y_groups = y.reshape(rows, groups, fg)
+        for g0, cnt in chunks:
+            col = _im2col_nhwc(x, kh, kw, stride, pad, dilation, groups, g0, cnt)
+            y_groups[:, g0 : g0 + cnt, :] = cp.matmul(col, Wt[g0 : g0 + cnt]).transpose(1, 0, 2)
+    if b is not None:
+        y += b  # y is this call's own fresh array
     return y
 
 
-def conv2d_backward(
-    dout: Any, x: Any, W: Any, stride: Pair, pad: Pair, dilation: Pair, need_dx: bool = True
-) -> tuple[Any | None, Any, Any]:
-    """dout: (N, F, OH, OW) -> dx (N, C, H, W) or None, dW (F, C, kh, kw), db (F,).
+def _depthwise_dx(
+    dout: Any, W: Any, x_shape: tuple[int, ...], stride: Pair, pad: Pad4, dilation: Pair, layout: str
+) -> Any:
+    f, _, kh, kw = W.shape
+    launch = _cu.dw_bwd_data_args(tuple(x_shape), f, kh, kw, stride, pad, dilation, layout)
+    dx = _rt.cupy.empty(launch.out_shape, dtype=dout.dtype)
+    _rt.launch("fc_dw_bwd_data", dout.dtype, launch, (dout, W, dx))
+    return dx
 
-    dW = dout (F, N*OH*OW) @ col.T and dcol = W.T @ dout, each one GEMM on the k-major columns;
-    dx = col2im(dcol), a gather.
+
+def _depthwise_dW(
+    dout: Any, x: Any, W_shape: tuple[int, ...], stride: Pair, pad: Pad4, dilation: Pair, layout: str
+) -> Any:
+    f, _, kh, kw = W_shape
+    first, second = _cu.dw_bwd_filter_args(tuple(x.shape), f, kh, kw, stride, pad, dilation, layout)
+    partial = _rt.cupy.empty(first.out_shape, dtype=x.dtype)
+    _rt.launch("fc_dw_bwd_filter_partial", x.dtype, first, (x, dout, partial))
+    dW = _rt.cupy.empty(second.out_shape, dtype=x.dtype)
+    _rt.launch("fc_dw_bwd_filter_reduce", x.dtype, second, (partial, dW))
+    return dW
+
+
+def _gemm_dx(
+    dout: Any,
+    W: Any,
+    x_shape: tuple[int, ...],
+    stride: Pair,
+    pad: Pad4,
+    dilation: Pair,
+    groups: int,
+    layout: str,
+    chunks: list[tuple[int, int]],
+) -> Any:
+    """dx = col2im(W^T @ dout) per group chunk; ``dout`` as :func:`_gemm_operand` gives it."""
+    f, cg, kh, kw = W.shape
+    fg = f // groups
+    dx = _rt.cupy.empty(tuple(x_shape), dtype=dout.dtype)
+    if layout == "NCHW":
+        Wg = W.reshape(groups, fg, cg * kh * kw)
+        for g0, cnt in chunks:
+            s = slice(g0, g0 + cnt)
+            dcol = _rt.cupy.matmul(Wg[s].transpose(0, 2, 1), dout[s])  # (cnt, Kg, N*OH*OW): k-major
+            _col2im(dcol, x_shape, kh, kw, stride, pad, dilation, True, g0 * cg, cnt * cg, out=dx)
+    else:
+        Wt = _nhwc_filters(W, groups)
+        for g0, cnt in chunks:
+            s = slice(g0, g0 + cnt)
+            dcol = _rt.cupy.matmul(dout[s], Wt[s].transpose(0, 2, 1))  # (cnt, N*OH*OW, Kg)
+            _col2im_nhwc(dcol, x_shape, kh, kw, stride, pad, dilation, groups, g0, cnt, out=dx)
+    return dx
+
+
+def _gemm_operand(dout: Any, groups: int, layout: str) -> Any:
+    """dout per group, as the GEMMs read it: (G, Fg, N*OH*OW) for NCHW, (G, N*OH*OW, Fg) for NHWC."""
+    cp = _rt.cupy
+    if layout == "NCHW":
+        n, f, oh, ow = dout.shape
+        d = cp.ascontiguousarray(dout.reshape(n, f, oh * ow).transpose(1, 0, 2))
+        return d.reshape(groups, f // groups, n * oh * ow)
+    n, oh, ow, f = dout.shape
+    d = dout.reshape(n * oh * ow, groups, f // groups)
+    return d.transpose(1, 0, 2) if groups == 1 else cp.ascontiguousarray(d.transpose(1, 0, 2))
+
+
+def conv2d_backward(
+    dout: Any,
+    x: Any,
+    W: Any,
+    stride: Pair,
+    pad: Pad4,
+    dilation: Pair,
+    groups: int = 1,
+    layout: str = "NCHW",
+    need_dx: bool = True,
+    *,
+    algorithm: str = "gemm",
+) -> tuple[Any | None, Any, Any]:
+    """dout (y's layout) -> dx (x's layout) or None, dW (F, C // groups, kh, kw), db (F,).
+
+    GEMM path: dW = dout @ col^T and dcol = W^T @ dout per group (batched), dx = col2im(dcol), a gather.
     """
-    dout, x, W = _require(dout, "dout"), _require(x, "x"), _require(W, "W")
-    n, f, oh, ow = dout.shape
-    _, _, kh, kw = W.shape
-    db = dout.sum(axis=(0, 2, 3))
-    dout_f = cupy.ascontiguousarray(dout.reshape(n, f, oh * ow).transpose(1, 0, 2)).reshape(f, n * oh * ow)
-    col = _im2col(x, kh, kw, stride, pad, dilation, k_major=True)  # (C*kh*kw, N*OH*OW)
-    dW = cupy.matmul(dout_f, col.T).reshape(W.shape)
-    dx = None
-    if need_dx:
-        del col  # free the columns before allocating dcol of the same size
-        dcol = cupy.matmul(W.reshape(f, -1).T, dout_f)  # (C*kh*kw, N*OH*OW)
-        dx = _col2im(dcol, tuple(x.shape), kh, kw, stride, pad, dilation, k_major=True)
+    _check(pad, layout, algorithm)
+    dout, x, W = _rt.require(dout, "dout"), _rt.require(x, "x"), _rt.require(W, "W")
+    cp = _rt.cupy
+    n, c, h, w = _cu._nchw(tuple(x.shape), layout)
+    f, cg, kh, kw = W.shape
+    db = dout.sum(axis=(0, 2, 3) if layout == "NCHW" else (0, 1, 2))
+    if _is_depthwise(c, cg, groups):
+        dW = _depthwise_dW(dout, x, W.shape, stride, pad, dilation, layout)
+        dx = _depthwise_dx(dout, W, tuple(x.shape), stride, pad, dilation, layout) if need_dx else None
+        return dx, dW, db
+    oh, ow = conv_output_size((h, w), (kh, kw), stride, pad, dilation)
+    fg, kg, rows = f // groups, cg * kh * kw, n * oh * ow
+    chunks = _group_chunks(groups, kg * rows * x.dtype.itemsize)
+    d = _gemm_operand(dout, groups, layout)
+    dW = cp.empty(W.shape, dtype=W.dtype)
+    for g0, cnt in chunks:
+        s = slice(g0, g0 + cnt)
+        if layout == "NCHW":
+            col = _im2col(x, kh, kw, stride, pad, dilation, True, g0 * cg, cnt * cg).reshape(cnt, kg, rows)
+            dW[g0 * fg : (g0 + cnt) * fg] = cp.matmul(d[s], col.transpose(0, 2, 1)).reshape(
+                cnt * fg, cg, kh, kw
+            )
+        else:
+            col = _im2col_nhwc(x, kh, kw, stride, pad, dilation, groups, g0, cnt)  # (cnt, rows, Kg)
+            part = cp.matmul(d[s].transpose(0, 2, 1), col)  # (cnt, Fg, Kg), Kg in (i, j, c) order
+            dW[g0 * fg : (g0 + cnt) * fg] = part.reshape(cnt * fg, kh, kw, cg).transpose(0, 3, 1, 2)
+        del col  # free the columns before the next chunk (or dcol) is allocated
+    dx = _gemm_dx(d, W, tuple(x.shape), stride, pad, dilation, groups, layout, chunks) if need_dx else None
     return dx, dW, db
 
 
-def maxpool2d_forward(x: Any, kh: int, kw: int, stride: Pair, pad: Pair, dilation: Pair) -> tuple[Any, Any]:
-    """x: (N, C, H, W) -> y: (N, C, OH, OW) and argmax (N, C, OH, OW) int32 (first maximum, NaN wins)."""
-    x = _require(x, "x")
-    launch = _cu.maxpool_fwd_args(tuple(x.shape), kh, kw, stride, pad, dilation)
-    y = cupy.empty(launch.out_shape, dtype=x.dtype)
-    argmax = cupy.empty(launch.out_shape, dtype=np.int32)
-    _launch("fc_maxpool_fwd", x.dtype, launch, (x, y, argmax))
-    return y, argmax
-
-
-def maxpool2d_backward(
+def conv2d_backward_data(
     dout: Any,
-    argmax: Any,
-    x_shape: tuple[int, int, int, int],
-    kh: int,
-    kw: int,
+    W: Any,
+    x_shape: tuple[int, ...],
     stride: Pair,
-    pad: Pair,
+    pad: Pad4,
     dilation: Pair,
+    groups: int = 1,
+    layout: str = "NCHW",
 ) -> Any:
-    """dout, argmax: (N, C, OH, OW) -> dx: (N, C, H, W), a deterministic gather (one thread per pixel).
-
-    Raises ValueError when an argmax value lies outside [0, kh*kw).
-    """
-    dout = _require(dout, "dout")
-    argmax = _require(argmax, "argmax", dtypes=("int32",))
-    # The gather reads each window's argmax from every pixel the window covers; an out-of-range value
-    # would match none of them and drop the gradient silently. One reduction (and a sync) refuses it.
-    if bool(((argmax < 0) | (argmax >= kh * kw)).any()):
-        raise bad_argmax_error(argmax, kh * kw)
-    launch = _cu.maxpool_bwd_args(tuple(x_shape), kh, kw, stride, pad, dilation)
-    dx = cupy.empty(launch.out_shape, dtype=dout.dtype)
-    _launch("fc_maxpool_bwd", dout.dtype, launch, (dout, argmax, dx))
-    return dx
+    """dx alone (x's shape ``x_shape``, in the layout's order): the adjoint of conv2d_forward in x."""
+    _check(pad, layout)
+    dout, W = _rt.require(dout, "dout"), _rt.require(W, "W")
+    x_shape = tuple(int(v) for v in x_shape)
+    n, c, h, w = _cu._nchw(x_shape, layout)
+    f, cg, kh, kw = W.shape
+    if _is_depthwise(c, cg, groups):
+        return _depthwise_dx(dout, W, x_shape, stride, pad, dilation, layout)
+    oh, ow = conv_output_size((h, w), (kh, kw), stride, pad, dilation)
+    chunks = _group_chunks(groups, cg * kh * kw * n * oh * ow * dout.dtype.itemsize)
+    d = _gemm_operand(dout, groups, layout)
+    return _gemm_dx(d, W, x_shape, stride, pad, dilation, groups, layout, chunks)

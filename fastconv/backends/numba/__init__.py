@@ -4,8 +4,9 @@ Importing this package imports numba (the registry imports it on first use of th
 at ``import fastconv``); the kernels compile, or load from the per-user cache, on the first call
 that needs them, and :func:`warmup` compiles all of them ahead of time.
 
-* ``ops.py``: the contract's six kernels (how each runs is described there);
-* ``kernels.py``: the compiled loops they call;
+* ``ops.py``: the contract's convolution kernels (how each runs is described there);
+* ``pooling.py``: max and average pooling;
+* ``kernels.py``: the compiled loops ops.py calls (im2col, col2im, grouped/depthwise, NHWC);
 * ``algorithms.py``: which convolution algorithm runs a shape (gemm, winograd, direct);
 * ``winograd.py``, ``direct.py``: those algorithms' kernels;
 * ``runtime.py``: cache directory, the thread pool, the compile notice.
@@ -32,8 +33,13 @@ from fastconv.backends.numba.algorithms import algorithm_support, choose_algorit
 from fastconv.backends.numba.ops import (
     col2im,
     conv2d_backward,
+    conv2d_backward_data,
     conv2d_forward,
     im2col,
+)
+from fastconv.backends.numba.pooling import (
+    avgpool2d_backward,
+    avgpool2d_forward,
     maxpool2d_backward,
     maxpool2d_forward,
 )
@@ -41,9 +47,13 @@ from fastconv.backends.numba.ops import (
 __all__ = [
     "algorithm_support",
     "algorithms",
+    "avgpool2d_backward",
+    "avgpool2d_forward",
     "choose_algorithm",
     "col2im",
+    "contract",
     "conv2d_backward",
+    "conv2d_backward_data",
     "conv2d_forward",
     "im2col",
     "info",
@@ -59,6 +69,7 @@ __all__ = [
 
 name = "numba"
 xp = np
+contract = 2
 
 
 def info() -> dict[str, str]:
@@ -79,8 +90,9 @@ def info() -> dict[str, str]:
 
 
 # What warmup compiles, in units (about 1 s per kernel and dtype on one core): gemm (im2col), col2im,
-# pool (forward and backward), winograd (its two kernels), direct (its kernel).
-UNITS = ("gemm", "col2im", "pool", "winograd", "direct")
+# pool (pooling.py's kernels), winograd (its two kernels), direct (its kernel), depthwise (the NCHW
+# grouped kernels: forward, dx, dW), nhwc (the NHWC im2col and col2im, the NHWC depthwise kernels).
+UNITS = ("gemm", "col2im", "pool", "winograd", "direct", "depthwise", "nhwc")
 
 
 def _compile(units: tuple[str, ...] | list[str], dtypes: tuple[str, ...] = ("float32", "float64")) -> None:
@@ -93,27 +105,47 @@ def _compile(units: tuple[str, ...] | list[str], dtypes: tuple[str, ...] = ("flo
 
 
 def _run_units(units: tuple[str, ...] | list[str], dtypes: tuple[str, ...]) -> None:
-    one, zero, two = (1, 1), (0, 0), (2, 2)
+    one, two, pad1, pad0 = (1, 1), (2, 2), (1, 1, 1, 1), (0, 0, 0, 0)
     for unit in units:
         for dtype in dtypes:
+            if unit == "pool":
+                from fastconv.backends.numba import pooling
+
+                pooling.warmup_kernels(dtype)
+                continue
             rng = np.random.default_rng(0)
             x = rng.standard_normal((2, 2, 5, 5)).astype(dtype)
             W = rng.standard_normal((3, 2, 3, 3)).astype(dtype)
-            if unit == "pool":
-                y, am = maxpool2d_forward(x, 2, 2, two, zero, one)
-                maxpool2d_backward(y, am, x.shape, 2, 2, two, zero, one)
-                continue
             if unit == "col2im":  # the gemm backward's dx, without the gemm unit's im2col
-                col2im(np.ones((2 * 2 * 2, 2 * 2 * 2), dtype), x.shape, 2, 2, two, zero, one)
+                col2im(np.ones((2 * 2 * 2, 2 * 2 * 2), dtype), x.shape, 2, 2, two, pad0, one)
                 continue
-            y = conv2d_forward(x, W, None, one, one, one, algorithm=unit)
+            if unit in ("depthwise", "nhwc"):
+                layout = "NCHW" if unit == "depthwise" else "NHWC"
+                xl = x if unit == "depthwise" else np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+                Wd = rng.standard_normal((4, 1, 3, 3)).astype(dtype)  # depthwise, multiplier 2
+                y = conv2d_forward(xl, Wd, None, one, pad1, one, 2, layout, algorithm="direct")
+                conv2d_backward(y, xl, Wd, one, pad1, one, 2, layout, True, algorithm="direct")
+                if unit == "nhwc":  # the NHWC GEMM's im2col and col2im
+                    y = conv2d_forward(xl, W, None, one, pad1, one, 1, layout)
+                    conv2d_backward(y, xl, W, one, pad1, one, 1, layout, True)
+                continue
+            y = conv2d_forward(x, W, None, one, pad1, one, algorithm=unit)
             if unit != "direct":  # direct's backward runs the gemm and col2im units' kernels
-                conv2d_backward(y, x, W, one, one, one, unit != "gemm", algorithm=unit)
+                conv2d_backward(y, x, W, one, pad1, one, 1, "NCHW", unit != "gemm", algorithm=unit)
 
 
 # Compile cost of each unit per dtype, in seconds on one core of the 2-core test machine (measured
-# with an empty cache): used to share the units between processes.
-_UNIT_COST = {"gemm": 1.0, "col2im": 1.0, "pool": 2.5, "winograd": 2.0, "direct": 2.5}
+# with an empty cache; pool, depthwise and nhwc scaled from a run beside the gemm unit on a busy
+# machine): used to share the units between processes.
+_UNIT_COST = {
+    "gemm": 1.0,
+    "col2im": 1.0,
+    "pool": 5.0,
+    "winograd": 2.0,
+    "direct": 2.5,
+    "depthwise": 3.5,
+    "nhwc": 4.0,
+}
 _CHILD_START_S = 1.3
 
 

@@ -1,4 +1,5 @@
-"""Direct convolution for few input channels, and dx without col2im, for the numba backend.
+"""Direct convolution for few input channels, dx without col2im, and grouped / depthwise convolution,
+for the numba backend.
 
 * :func:`forward`: a direct kernel (no im2col, no GEMM). Per image it copies x once into a padded
   buffer with one column-shifted copy per tap column j and one plane per row phase,
@@ -20,14 +21,19 @@
   im2col + GEMM (the backend's own ``im2col_planes`` kernel with the phase's offsets, then BLAS).
   Measured here it does not beat the col2im path on S1-S5 (the im2col of dout has F*kh*kw rows on
   the dx grid, F/C times the data col2im reads) and ties it on S6: see benchmarks/direct_vs_torch.py.
+* :func:`grouped_forward`, :func:`grouped_dx`, :func:`grouped_backward`: groups > 1 (depthwise, a
+  depthwise multiplier, few channels per group), both layouts; the kernels are in ``kernels.py``
+  (NCHW: vectors along the output rows of the phase-split layout; NHWC with one input channel per
+  group: vectors along (ow, c) of a row). dW sums per group (NCHW) or per channel (NHWC) over all
+  images in one order: the same bits for any thread count.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from fastconv._shapes import Pair, conv_output_size
-from fastconv.backends.numba import ops, runtime
+from fastconv._shapes import Pad4, Pair, as_pad4, conv_output_size
+from fastconv.backends.numba import kernels, ops, runtime
 from fastconv.backends.numpy.direct import _axis_phases  # pure Python, shared with the twin
 
 # dx of a layer with at most this many input channels runs on the direct kernel.
@@ -150,7 +156,8 @@ _direct_conv = runtime.Announced(direct_conv)
 
 
 def _run_direct(x, w2, bias, y, stride, pad, dilation, k) -> None:
-    """y (N, F, OH, OW), C-contiguous = conv(x; w2 (F, C*kh*kw), bias or None): see direct_conv."""
+    """y (N, F, OH, OW), C-contiguous = conv(x; w2 (F, C*kh*kw), bias or None): see direct_conv; pad is
+    (top, left) here (y's shape carries the rest)."""
     n, f, oh, ow = y.shape
     if y.size == 0:
         return
@@ -167,18 +174,20 @@ def _run_direct(x, w2, bias, y, stride, pad, dilation, k) -> None:
 
 
 def forward(
-    x: np.ndarray, W: np.ndarray, b: np.ndarray | None, stride: Pair, pad: Pair, dilation: Pair
+    x: np.ndarray, W: np.ndarray, b: np.ndarray | None, stride: Pair, pad: Pad4, dilation: Pair
 ) -> np.ndarray:
-    """x: (N, C, H, W), W: (F, C, kh, kw), b: (F,) or None -> y: (N, F, OH, OW), by the direct kernel.
+    """x: (N, C, H, W), W: (F, C, kh, kw), b: (F,) or None -> y: (N, F, OH, OW), by the direct kernel
+    (pad (top, bottom, left, right)).
 
     Correct for any shape; ``algorithms.choose_algorithm`` says where it is the faster algorithm.
     """
     x = np.ascontiguousarray(x)
+    pad = as_pad4(pad)  # a symmetric (h, w) pair reads as (h, h, w, w)
     f, c, kh, kw = W.shape
     oh, ow = conv_output_size(x.shape[2:], (kh, kw), stride, pad, dilation)
     w2 = np.ascontiguousarray(W, dtype=x.dtype).reshape(f, c * kh * kw)
     y = np.empty((x.shape[0], f, oh, ow), dtype=x.dtype)
-    _run_direct(x, w2, b, y, tuple(stride), tuple(pad), tuple(dilation), (kh, kw))
+    _run_direct(x, w2, b, y, tuple(stride), (pad[0], pad[2]), tuple(dilation), (kh, kw))
     return y
 
 
@@ -224,7 +233,7 @@ def backward_dx(
     W: np.ndarray,
     x_shape: tuple[int, int, int, int],
     stride: Pair,
-    pad: Pair,
+    pad: Pad4,
     dilation: Pair,
 ) -> np.ndarray:
     """dout: (N, F, OH, OW), W: (F, C, kh, kw) -> dx: (N, C, H, W), the adjoint of the convolution
@@ -233,7 +242,8 @@ def backward_dx(
     n, c, h, w = x_shape
     f, _, kh, kw = W.shape
     oh, ow = dout.shape[2:]
-    (sh, sw), (ph, pw), (dh, dw) = stride, pad, dilation
+    (sh, sw), (dh, dw) = stride, dilation
+    ph, pw = as_pad4(pad)[0], as_pad4(pad)[2]  # the index math needs only the top and left padding
     W = np.asarray(W, dtype=dout.dtype)
     ph_rows = _axis_phases(h, kh, sh, ph, dh)
     ph_cols = _axis_phases(w, kw, sw, pw, dw)
@@ -257,3 +267,209 @@ def backward_dx(
             else:
                 _gemm_phase(dout, wsub, dx, (uh, uw), (pad_h, pad_w), (dil_h, dil_w), k, (rh, rw), (sh, sw))
     return dx
+
+
+# ----------------------------------------------------------------------------------------------
+# Grouped and depthwise convolution (groups > 1): direct kernels, both layouts
+# ----------------------------------------------------------------------------------------------
+# NCHW: kernels.group_forward / group_dx / group_dw on the phase-split layout (vectors along the
+# output rows). NHWC with one input channel per group (depthwise, any multiplier):
+# kernels.dw_*_nhwc (vectors along the channels). NHWC with more input channels per group goes
+# through NCHW copies of x and the result.
+
+_group_forward = runtime.Announced(kernels.group_forward)
+_group_dx = runtime.Announced(kernels.group_dx)
+_dw_forward_nhwc = runtime.Announced(kernels.dw_forward_nhwc)
+_dw_dx_nhwc = runtime.Announced(kernels.dw_dx_nhwc)
+
+
+def _phase_geometry(out_hw: Pair, k: Pair, stride: Pair, dilation: Pair) -> tuple[int, int]:
+    """(MH, PC) of the phase-split layout: rows per row phase and the row pitch, enough for every tap
+    of every output: MH = OH + (kh-1)*dh // sh, PC = OW + (kw-1)*dw // sw."""
+    return (
+        out_hw[0] + (k[0] - 1) * dilation[0] // stride[0],
+        out_hw[1] + (k[1] - 1) * dilation[1] // stride[1],
+    )
+
+
+def _tap_offsets(cg: int, k: Pair, stride: Pair, dilation: Pair, mh: int, pc: int) -> np.ndarray:
+    """off[(c*kh + i)*kw + j]: where tap (i, j) of channel c starts in the phase-split layout."""
+    (kh, kw), (sh, sw), (dh, dw) = k, stride, dilation
+    cs = sh * sw * mh * pc
+    off = np.empty(cg * kh * kw, dtype=np.int64)
+    for c in range(cg):
+        for i in range(kh):
+            for j in range(kw):
+                phase = ((i * dh) % sh) * sw + (j * dw) % sw
+                off[(c * kh + i) * kw + j] = c * cs + phase * mh * pc + (i * dh) // sh * pc + (j * dw) // sw
+    return off
+
+
+def _dx_phases(k: Pair, stride: Pair, dilation: Pair, pc: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The taps of each phase p = rh*sw + rw of the phase-split layout for kernels.group_dx: tap
+    index i*kw + j and shift ((i*dh)//sh)*PC + (j*dw)//sw, phase p's taps at pstart[p]..pstart[p+1]-1."""
+    (kh, kw), (sh, sw), (dh, dw) = k, stride, dilation
+    taps, shifts, start = [], [], [0]
+    for rh in range(sh):
+        for rw in range(sw):
+            for i in range(kh):
+                for j in range(kw):
+                    if (i * dh) % sh == rh and (j * dw) % sw == rw:
+                        taps.append(i * kw + j)
+                        shifts.append((i * dh) // sh * pc + (j * dw) // sw)
+            start.append(len(taps))
+    as_int = lambda v: np.array(v, dtype=np.int64)  # noqa: E731
+    return as_int(taps), as_int(shifts), as_int(start)
+
+
+def _nhwc_weights(W: np.ndarray, groups: int, ow: int, dtype: np.dtype) -> np.ndarray:
+    """wq[i*kw + j, k, o*C + c] = W[c*M + k, 0, i, j] for depthwise W (C*M, 1, kh, kw), C = groups,
+    tiled along the OW pixels of an output row."""
+    f, _, kh, kw = W.shape
+    w3 = np.asarray(W, dtype=dtype).reshape(groups, f // groups, kh * kw).transpose(2, 1, 0)  # (K, M, C)
+    return np.ascontiguousarray(np.tile(w3, (1, 1, ow)))
+
+
+def _to_nchw(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a.transpose(0, 3, 1, 2))
+
+
+def _to_nhwc(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1))
+
+
+def _bias(b: np.ndarray | None, f: int, dtype: np.dtype) -> np.ndarray:
+    return np.zeros(f, dtype=dtype) if b is None else np.ascontiguousarray(b, dtype=dtype)
+
+
+def _row_blocks(n: int, oh: int) -> int:
+    """Blocks of output rows per image for dw_forward_nhwc: one, unless the images are too few to
+    keep every thread busy."""
+    return max(1, min(oh, -(-4 * runtime.num_threads() // n)))
+
+
+def grouped_forward(
+    x: np.ndarray,
+    W: np.ndarray,
+    b: np.ndarray | None,
+    stride: Pair,
+    pad: Pad4,
+    dilation: Pair,
+    groups: int,
+    layout: str,
+) -> np.ndarray:
+    """The convolution with ``groups`` (W (F, C // groups, kh, kw)) in ``layout``, by the direct
+    kernels: meant for few input channels per group (depthwise, small groups)."""
+    x = np.ascontiguousarray(x)
+    f, cg, kh, kw = W.shape
+    if layout == "NHWC" and cg != 1:
+        return _to_nhwc(grouped_forward(_to_nchw(x), W, b, stride, pad, dilation, groups, "NCHW"))
+    hw = x.shape[1:3] if layout == "NHWC" else x.shape[2:]
+    oh, ow = conv_output_size(hw, (kh, kw), stride, pad, dilation)
+    n = x.shape[0]
+    top, left = pad[0], pad[2]
+    if layout == "NHWC":
+        m = f // groups
+        wq = _nhwc_weights(W, groups, ow, x.dtype)
+        bq = np.tile(_bias(b, f, x.dtype).reshape(groups, m).T, (1, ow))  # bq[k, o*C + c] = b[c*M + k]
+        y = np.empty((n, oh, ow, f), dtype=x.dtype)
+        nb = _row_blocks(n, oh)
+        _dw_forward_nhwc(n * nb, x, wq, bq, y, nb, *stride, top, left, *dilation, kh, kw)
+        return y
+    mh, pc = _phase_geometry((oh, ow), (kh, kw), stride, dilation)
+    off = _tap_offsets(cg, (kh, kw), stride, dilation, mh, pc)
+    w2 = np.ascontiguousarray(W, dtype=x.dtype).reshape(f, cg * kh * kw)
+    y = np.empty((n, f, oh, ow), dtype=x.dtype)
+    _group_forward(n * groups, x, w2, _bias(b, f, x.dtype), off, y, groups, *stride, top, left, mh, pc)
+    return y
+
+
+def grouped_dx(
+    dout: np.ndarray,
+    W: np.ndarray,
+    x_shape: tuple[int, int, int, int],
+    stride: Pair,
+    pad: Pad4,
+    dilation: Pair,
+    groups: int,
+    layout: str,
+) -> np.ndarray:
+    """dx of :func:`grouped_forward` (its adjoint in x), from dout alone; x_shape in the layout's order."""
+    dout = np.ascontiguousarray(dout)
+    f, cg, kh, kw = W.shape
+    top, left = pad[0], pad[2]
+    if layout == "NHWC" and cg != 1:
+        n, h, w, c = x_shape
+        return _to_nhwc(grouped_dx(_to_nchw(dout), W, (n, c, h, w), stride, pad, dilation, groups, "NCHW"))
+    dx = np.empty(x_shape, dtype=dout.dtype)
+    if layout == "NHWC":
+        wq = _nhwc_weights(W, groups, dout.shape[2], dout.dtype)
+        _dw_dx_nhwc(x_shape[0], dout, wq, dx, *stride, top, left, *dilation, kh, kw)
+        return dx
+    oh, ow = dout.shape[2:]
+    mh, pc = _phase_geometry((oh, ow), (kh, kw), stride, dilation)
+    ptap, pshift, pstart = _dx_phases((kh, kw), stride, dilation, pc)
+    w2 = np.ascontiguousarray(W, dtype=dout.dtype).reshape(f, cg * kh * kw)
+    _group_dx(x_shape[0] * groups, dout, w2, ptap, pshift, pstart, dx, groups, *stride, top, left, mh, pc)
+    return dx
+
+
+def grouped_backward(
+    dout: np.ndarray,
+    x: np.ndarray,
+    W: np.ndarray,
+    stride: Pair,
+    pad: Pad4,
+    dilation: Pair,
+    groups: int,
+    layout: str,
+    need_dx: bool = True,
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """(dx or None, dW, db) of :func:`grouped_forward`. dW and db are summed per group (NCHW) or per
+    block of channels (NHWC) over all images in one order: the same bits for any thread count."""
+    x = np.ascontiguousarray(x)
+    dout = np.ascontiguousarray(dout, dtype=x.dtype)
+    f, cg, kh, kw = W.shape
+    top, left = pad[0], pad[2]
+    if layout == "NHWC" and cg != 1:
+        dx, dW, db = grouped_backward(
+            _to_nchw(dout), _to_nchw(x), W, stride, pad, dilation, groups, "NCHW", need_dx
+        )
+        return (_to_nhwc(dx) if dx is not None else None), dW, db
+    dx = grouped_dx(dout, W, x.shape, stride, pad, dilation, groups, layout) if need_dx else None
+    if layout == "NHWC":
+        c, m = x.shape[3], f // groups
+        dwt = np.empty((kh * kw, m, c), dtype=x.dtype)
+        dbt = np.empty((m, c), dtype=x.dtype)
+        # shares of about 64 channels at most: a share's partial sums, (kh*kw, M, OW*channels), stay in L2
+        per_thread = max(1, -(-c // (64 * runtime.num_threads())))
+        with runtime.compile_notice("dw_dw_nhwc", x.dtype.name):
+            runtime.parallel_for(
+                kernels.dw_dw_nhwc,
+                -(-c // 8),
+                x,
+                dout,
+                dwt,
+                dbt,
+                *stride,
+                top,
+                left,
+                *dilation,
+                kh,
+                kw,
+                per_thread=per_thread,
+            )
+        # dW[c*M + k, 0, i, j] = dwt[i*kw + j, k, c]; db[c*M + k] = dbt[k, c]
+        dW = np.ascontiguousarray(dwt.transpose(2, 1, 0)).reshape(f, 1, kh, kw)
+        return dx, dW, np.ascontiguousarray(dbt.T).reshape(f)
+    oh, ow = dout.shape[2:]
+    mh, pc = _phase_geometry((oh, ow), (kh, kw), stride, dilation)
+    off = _tap_offsets(cg, (kh, kw), stride, dilation, mh, pc)
+    dwt = np.empty((f, cg * kh * kw), dtype=x.dtype)
+    db = np.empty(f, dtype=x.dtype)
+    args = (x, dout, off, dwt, db, groups, *stride, top, left, mh, pc)
+    with runtime.compile_notice("group_dw", x.dtype.name):
+        runtime.parallel_for(kernels.group_dw, groups, *args, False)
+        if np.isnan(dwt).any():  # maybe a non-finite x times a spill-over zero: the exact sums decide
+            runtime.parallel_for(kernels.group_dw, groups, *args, True)
+    return dx, dwt.reshape(W.shape), db

@@ -40,6 +40,7 @@ from functools import cache
 
 import numpy as np
 
+from fastconv._shapes import as_pad4
 from fastconv.backends.numba import runtime
 from fastconv.backends.numpy.winograd import ERROR_BOUND, TILE, matrices, supports
 
@@ -218,14 +219,16 @@ def _conv(x, U, b, ph, pw, oh, ow, m):
 
 
 def forward(
-    x: np.ndarray, W: np.ndarray, b: np.ndarray | None, pad: tuple[int, int], m: int = 4
+    x: np.ndarray, W: np.ndarray, b: np.ndarray | None, pad: tuple[int, int, int, int], m: int = 4
 ) -> np.ndarray:
-    """x: (N, C, H, W), W: (F, C, 3, 3), b: (F,) or None, stride 1 -> y: (N, F, OH, OW),
-    OH = H + 2*ph - 2, OW = W + 2*pw - 2, in x's dtype (float32 or float64)."""
+    """x: (N, C, H, W), W: (F, C, 3, 3), b: (F,) or None, stride 1, pad (top, bottom, left, right)
+    -> y: (N, F, OH, OW), OH = H + top + bottom - 2, OW = W + left + right - 2, in x's dtype
+    (float32 or float64). The tiles only need the top and left padding (the output size sets the rest)."""
     dt = _dtype(x)
     x = np.ascontiguousarray(x)
-    ph, pw = (int(p) for p in pad)
-    oh, ow = x.shape[2] + 2 * ph - 2, x.shape[3] + 2 * pw - 2
+    top, bottom, left, right = (int(p) for p in as_pad4(pad))  # a symmetric pair reads as (h, h, w, w)
+    ph, pw = top, left
+    oh, ow = x.shape[2] + top + bottom - 2, x.shape[3] + left + right - 2
     gg = _mats(m, dt.name)[3]
     U = _filter_transform(np.asarray(W, dtype=dt), gg)
     return _conv(x, U, b, ph, pw, oh, ow, m)
@@ -256,17 +259,23 @@ def _dw_share(lo, hi, x, dout, ph, pw, m, th, tw, step):
 
 
 def backward(
-    dout: np.ndarray, x: np.ndarray, W: np.ndarray, pad: tuple[int, int], need_dx: bool = True, m: int = 4
+    dout: np.ndarray,
+    x: np.ndarray,
+    W: np.ndarray,
+    pad: tuple[int, int, int, int],
+    need_dx: bool = True,
+    m: int = 4,
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """dout: (N, F, OH, OW) -> dx (N, C, H, W) or None, dW (F, C, 3, 3), db (F,), in x's dtype.
 
     dx: the Winograd correlation of dout with W flipped and transposed (C <-> F), padding 2 - p (a
-    negative padding crops dout); dW = G^T (sum_tiles (A dY A^T) V^T) G; db = dout summed."""
+    negative padding crops dout; pad (top, bottom, left, right), of which the index math needs
+    the top and left); dW = G^T (sum_tiles (A dY A^T) V^T) G; db = dout summed."""
     dt = _dtype(x)
     x = np.ascontiguousarray(x)
     dout = np.ascontiguousarray(dout, dtype=dt)
     W = np.asarray(W, dtype=dt)
-    ph, pw = (int(p) for p in pad)
+    ph, pw = int(as_pad4(pad)[0]), int(as_pad4(pad)[2])
     n, c, h, w = x.shape
     f = W.shape[0]
     oh, ow = dout.shape[2:]

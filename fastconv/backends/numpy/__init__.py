@@ -1,8 +1,8 @@
 """The NumPy backend: vectorised NumPy kernels, GEMMs through NumPy's BLAS.
 
-The reference backend: always available, no compilation. The kernels are in ``ops.py`` (the convolution
-algorithms beside it: ``winograd.py``, ``direct.py``, chosen by ``algorithms.py``); see
-:mod:`fastconv.backends` for the contract.
+The reference backend: always available, no compilation. The convolution kernels are in ``ops.py``
+(the algorithms beside it: ``winograd.py``, ``direct.py``, chosen by ``algorithms.py``), the pooling
+kernels in ``pooling.py``; see :mod:`fastconv.backends` for the contract.
 """
 
 from __future__ import annotations
@@ -16,8 +16,13 @@ from fastconv.backends.numpy.algorithms import algorithm_support, choose_algorit
 from fastconv.backends.numpy.ops import (
     col2im,
     conv2d_backward,
+    conv2d_backward_data,
     conv2d_forward,
     im2col,
+)
+from fastconv.backends.numpy.pooling import (
+    avgpool2d_backward,
+    avgpool2d_forward,
     maxpool2d_backward,
     maxpool2d_forward,
 )
@@ -25,9 +30,13 @@ from fastconv.backends.numpy.ops import (
 __all__ = [
     "algorithm_support",
     "algorithms",
+    "avgpool2d_backward",
+    "avgpool2d_forward",
     "choose_algorithm",
     "col2im",
+    "contract",
     "conv2d_backward",
+    "conv2d_backward_data",
     "conv2d_forward",
     "im2col",
     "info",
@@ -42,6 +51,7 @@ __all__ = [
 
 name = "numpy"
 xp = np
+contract = 2  # the kernels take contract version 2's arguments (see fastconv.backends)
 
 
 def info() -> dict[str, str]:

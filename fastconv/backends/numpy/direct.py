@@ -1,46 +1,59 @@
 """Direct convolution for few input channels, and dx without col2im, in NumPy array code.
 
-The same algorithms as :mod:`fastconv.backends.numba.direct`:
+The same algorithms as :mod:`fastconv.backends.numba.direct`, here for every groups and both layouts
+(computed in (N, C, H, W) order, an "NHWC" array copied in and out, as in :mod:`.ops`):
 
-* :func:`forward`: y = bias + sum over the C*kh*kw taps of ``W[:, c, i, j] * (window view of x)``,
-  one whole-array multiply-add per tap (no im2col matrix). A reference of the numba kernel's
-  algorithm, not a fast path: it moves N*F*OH*OW elements C*kh*kw times (S1 float32: 53 ms against
-  3.4 ms for the GEMM forward), so the NumPy backend's "auto" never picks it.
+* :func:`forward`: y = bias + sum over the Cg*kh*kw taps of ``W[:, c, i, j] * (window view of x's
+  channel g*Cg + c)``, one whole-array multiply-add per tap for every group at once (no im2col
+  matrix). A reference of the numba kernel's algorithm, not a fast path: it moves N*F*OH*OW
+  elements Cg*kh*kw times (S1 float32: 53 ms against 3.4 ms for the GEMM forward), so the NumPy
+  backend's "auto" never picks it.
 * :func:`backward_dx`: dx as stride-1 convolutions of dout, one per polyphase class (r_h, r_w) of
-  dx: rows ``h = s*u + r`` only get the taps i with ``(r + pad - i*dil) % s == 0``; each class is
+  dx: rows ``h = s*u + r`` only get the taps i with ``(r + top - i*dil) % s == 0``; each class is
   dout, zero-padded (or cropped) to the class's window, convolved with the flipped sub-kernel of
-  those taps, filters transposed, by the NumPy backend's GEMM forward, and written into
-  ``dx[:, :, r_h::s_h, r_w::s_w]``. No zeros inserted, no col2im.
+  those taps, filters transposed within each group, by the NumPy backend's grouped GEMM forward, and
+  written into ``dx[:, :, r_h::s_h, r_w::s_w]``. No zeros inserted, no col2im.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from fastconv._shapes import Pair, conv_output_size
+from fastconv._shapes import Pad4, Pair, conv_output_size, to_nchw
 from fastconv.backends.numpy import ops
 
 
 def forward(
-    x: np.ndarray, W: np.ndarray, b: np.ndarray | None, stride: Pair, pad: Pair, dilation: Pair
+    x: np.ndarray,
+    W: np.ndarray,
+    b: np.ndarray | None,
+    stride: Pair,
+    pad: Pad4,
+    dilation: Pair,
+    groups: int,
+    layout: str,
 ) -> np.ndarray:
-    """x: (N, C, H, W), W: (F, C, kh, kw), b: (F,) or None -> y: (N, F, OH, OW), one pass per tap."""
-    n, c = x.shape[:2]
-    f, _, kh, kw = W.shape
-    oh, ow = conv_output_size(x.shape[2:], (kh, kw), stride, pad, dilation)
+    """x: (N, C, H, W) or (N, H, W, C), W: (F, C // groups, kh, kw), b: (F,) or None -> y: (N, F, OH, OW)
+    or (N, OH, OW, F), one pass per tap of a group's filter (Cg*kh*kw passes, every group at once)."""
+    n, c, h, w = to_nchw(x.shape, layout)
+    f, cg, kh, kw = W.shape
+    fg = f // groups
+    oh, ow = conv_output_size((h, w), (kh, kw), stride, pad, dilation)
     W = np.asarray(W, dtype=x.dtype)
-    # view[n, c, i, j, oh, ow] = xpad[n, c, oh*sh + i*dh, ow*sw + j*dw]
-    view = ops._windows(ops._pad(x, pad), kh, kw, (oh, ow), stride, dilation)
-    y = np.empty((n, f, oh, ow), dtype=x.dtype)
-    y[...] = 0 if b is None else np.asarray(b, dtype=x.dtype).reshape(1, f, 1, 1)
+    # view[n, g, c, i, j, oh, ow] = xpad[n, g*Cg + c, oh*sh + i*dh, ow*sw + j*dw]
+    view = ops._windows(ops._padded(x, pad, layout), kh, kw, (oh, ow), stride, dilation)
+    view = view.reshape(n, groups, cg, kh, kw, oh, ow)
+    Wg = W.reshape(groups, fg, cg, kh, kw)
+    y = np.empty((n, groups, fg, oh, ow), dtype=x.dtype)  # the filter axis split into (G, Fg)
+    y[...] = 0 if b is None else np.asarray(b, dtype=x.dtype).reshape(1, groups, fg, 1, 1)
     tmp = np.empty_like(y)
-    for ci in range(c):
+    for ci in range(cg):
         for i in range(kh):
             for j in range(kw):
-                # y[n, f] += W[f, c, i, j] * xpad[n, c, oh*sh + i*dh, ow*sw + j*dw]
-                np.multiply(W[None, :, ci, i, j, None, None], view[:, ci, i, j][:, None], out=tmp)
+                # y[n, g*Fg + f] += W[g*Fg + f, c, i, j] * xpad[n, g*Cg + c, oh*sh + i*dh, ow*sw + j*dw]
+                np.multiply(Wg[None, :, :, ci, i, j, None, None], view[:, :, None, ci, i, j], out=tmp)
                 y += tmp
-    return y
+    return ops._in_layout(y.reshape(n, f, oh, ow), layout)
 
 
 def _axis_phases(size: int, k: int, s: int, p: int, d: int) -> list[tuple[int, list[int], int, int, int]]:
@@ -58,7 +71,8 @@ def _axis_phases(size: int, k: int, s: int, p: int, d: int) -> list[tuple[int, l
 
 
 def _shifted(dout: np.ndarray, pads: tuple[int, int], sizes: tuple[int, int]) -> np.ndarray:
-    """d[n, f, v, q] = dout[n, f, v - pads[0], q - pads[1]] (0 outside dout), shape (N, F, *sizes)."""
+    """dout: an (N, F, OH, OW)-ordered view -> d (N, F, *sizes), d[n, f, v, q] = dout[n, f, v - pads[0], q - pads[1]]
+    (0 outside dout)."""
     n, f, oh, ow = dout.shape
     out = np.zeros((n, f, *sizes), dtype=dout.dtype)
     v0, v1 = max(0, pads[0]), min(sizes[0], oh + pads[0])
@@ -71,27 +85,36 @@ def _shifted(dout: np.ndarray, pads: tuple[int, int], sizes: tuple[int, int]) ->
 def backward_dx(
     dout: np.ndarray,
     W: np.ndarray,
-    x_shape: tuple[int, int, int, int],
+    x_shape: tuple[int, ...],
     stride: Pair,
-    pad: Pair,
+    pad: Pad4,
     dilation: Pair,
+    groups: int,
+    layout: str,
 ) -> np.ndarray:
-    """dout: (N, F, OH, OW), W: (F, C, kh, kw) -> dx: (N, C, H, W), the adjoint of the convolution
-    in x, as polyphase stride-1 convolutions of dout (see the module docstring)."""
-    n, c, h, w = x_shape
-    f, _, kh, kw = W.shape
-    (sh, sw), (ph, pw), (dh, dw) = stride, pad, dilation
+    """dout: (N, F, OH, OW) or (N, OH, OW, F), W: (F, C // groups, kh, kw) -> dx of x_shape (in
+    ``layout``), the adjoint of the convolution in x, as polyphase stride-1 grouped convolutions of
+    dout (see the module docstring). Only the top/left pads enter: dout's size carries the rest."""
+    n, c, h, w = to_nchw(x_shape, layout)
+    f, cg, kh, kw = W.shape
+    fg = f // groups
+    (sh, sw), (dh, dw) = stride, dilation
+    top, _, left, _ = pad
     W = np.asarray(W, dtype=dout.dtype)
     dx = np.empty((n, c, h, w), dtype=dout.dtype)
-    for rh, taps_h, pad_h, dil_h, uh in _axis_phases(h, kh, sh, ph, dh):
-        for rw, taps_w, pad_w, dil_w, uw in _axis_phases(w, kw, sw, pw, dw):
+    dv = ops._nchw(dout, layout)
+    for rh, taps_h, pad_h, dil_h, uh in _axis_phases(h, kh, sh, top, dh):
+        for rw, taps_w, pad_w, dil_w, uw in _axis_phases(w, kw, sw, left, dw):
             if not taps_h or not taps_w:  # no tap reaches these rows/columns
                 dx[:, :, rh::sh, rw::sw] = 0
                 continue
-            # wsub[c, f, m_h, m_w] = W[f, c, taps_h[m_h], taps_w[m_w]]
-            wsub = np.ascontiguousarray(W[:, :, taps_h][:, :, :, taps_w].transpose(1, 0, 2, 3))
             mh, mw = len(taps_h), len(taps_w)
+            # the transposed grouped filters: wsub[g*Cg + c, f, m_h, m_w] = W[g*Fg + f, c, taps_h[m_h], taps_w[m_w]]
+            wsub = W[:, :, taps_h][:, :, :, taps_w].reshape(groups, fg, cg, mh, mw).transpose(0, 2, 1, 3, 4)
+            wsub = np.ascontiguousarray(wsub).reshape(c, fg, mh, mw)
             sizes = (uh + (mh - 1) * dil_h, uw + (mw - 1) * dil_w)
-            d = _shifted(dout, (pad_h, pad_w), sizes)
-            dx[:, :, rh::sh, rw::sw] = ops.conv2d_forward(d, wsub, None, (1, 1), (0, 0), (dil_h, dil_w))
-    return dx
+            d = _shifted(dv, (pad_h, pad_w), sizes)
+            dx[:, :, rh::sh, rw::sw] = ops.conv2d_forward(
+                d, wsub, None, (1, 1), (0, 0, 0, 0), (dil_h, dil_w), groups, "NCHW"
+            )
+    return ops._in_layout(dx, layout)

@@ -1,7 +1,10 @@
 """Winograd convolution F(m x m, 3 x 3), m = 4 or 2, in whole-array NumPy: forward, dx, dW, db.
 
-Stride 1, dilation 1, 3x3 kernels only (:func:`supports` says why not otherwise); any padding,
-including ``ph != pw`` and padding larger than the kernel. With ``alpha = m + 2`` and ``T = alpha**2``:
+Stride 1, dilation 1, 3x3 kernels, groups 1, "NCHW" only (:func:`supports` says why not for the
+kernel geometry; the backend's ``algorithm_support`` adds the rest). pad = (top, bottom, left, right):
+the kernels here run any padding, asymmetric and larger than the kernel included (only top and left
+place the tiles; bottom and right set OH, OW), while ``algorithm_support`` refuses an asymmetric pad,
+as the contract states for every backend's Winograd. With ``alpha = m + 2`` and ``T = alpha**2``:
 
 * tiles: output tile ``(ty, tx)`` covers ``y[.., ty*m : ty*m + m, tx*m : tx*m + m]`` and reads the input
   patch ``xpad[.., ty*m : ty*m + alpha, tx*m : tx*m + alpha]``; ``th = ceil(OH / m)``, ``tw = ceil(OW / m)``
@@ -9,9 +12,10 @@ including ``ph != pw`` and padding larger than the kernel. With ``alpha = m + 2`
 * filter transform ``U = G g G^T`` for every (F, C): one GEMM with ``kron(G, G)`` (T x 9);
 * input transform ``V = B^T d B`` -> ``(T, C, tiles)``; the products are T GEMMs
   ``(T, F, C) @ (T, C, tiles)``; output transform ``y = A^T M A`` (+ bias);
-* dx is the same convolution of ``dout`` with W flipped and transposed (C <-> F), padding ``2 - p``
-  (a negative padding crops); dW is the adjoint: ``dU = sum_tiles (A dY A^T) V^T`` then
-  ``dW = G^T dU G`` (one GEMM with ``kron(G, G)^T``); db is ``dout`` summed over (N, OH, OW).
+* dx is the same convolution of ``dout`` with W flipped and transposed (C <-> F), padding ``2 - top``
+  rows and ``2 - left`` columns before it (a negative padding crops), H x W outputs; dW is the
+  adjoint: ``dU = sum_tiles (A dY A^T) V^T`` then ``dW = G^T dU G`` (one GEMM with ``kron(G, G)^T``);
+  db is ``dout`` summed over (N, OH, OW).
 
 Transform matrices from the points 0, 1, -1 (m = 2) and 0, 1, -1, 1/2, -2 (m = 4), plus infinity
 (Toom-Cook as in Lavin & Gray 2016, whose 0, +-1, +-2 measure 2.5-4x the float32 error of these; see
@@ -180,25 +184,31 @@ def _conv(x: np.ndarray, U: np.ndarray, b: np.ndarray | None, ph: int, pw: int, 
 
 
 def forward(
-    x: np.ndarray, W: np.ndarray, b: np.ndarray | None, pad: tuple[int, int], m: int = 4
+    x: np.ndarray, W: np.ndarray, b: np.ndarray | None, pad: tuple[int, int, int, int], m: int = 4
 ) -> np.ndarray:
-    """x: (N, C, H, W), W: (F, C, 3, 3), b: (F,) or None, stride 1 -> y: (N, F, OH, OW),
-    OH = H + 2*ph - 2, OW = W + 2*pw - 2, in x's dtype."""
+    """x: (N, C, H, W), W: (F, C, 3, 3), b: (F,) or None, stride 1, pad (top, bottom, left, right)
+    -> y: (N, F, OH, OW), OH = H + top + bottom - 2, OW = W + left + right - 2, in x's dtype."""
     dt = _dtype(x)
-    ph, pw = pad
-    oh, ow = x.shape[2] + 2 * ph - 2, x.shape[3] + 2 * pw - 2
+    top, bottom, left, right = pad
+    oh, ow = x.shape[2] + top + bottom - 2, x.shape[3] + left + right - 2
     _, _, _, gg = matrices(m, dt.name)
     U = _filter_transform(np.asarray(W, dtype=dt), gg)
     bb = None if b is None else np.asarray(b, dtype=dt)
-    return _conv(x, U, bb, ph, pw, oh, ow, m)
+    return _conv(x, U, bb, top, left, oh, ow, m)
 
 
 def backward(
-    dout: np.ndarray, x: np.ndarray, W: np.ndarray, pad: tuple[int, int], need_dx: bool = True, m: int = 4
+    dout: np.ndarray,
+    x: np.ndarray,
+    W: np.ndarray,
+    pad: tuple[int, int, int, int],
+    need_dx: bool = True,
+    m: int = 4,
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-    """dout: (N, F, OH, OW) -> dx (N, C, H, W) or None, dW (F, C, 3, 3), db (F,), in x's dtype."""
+    """dout: (N, F, OH, OW) -> dx (N, C, H, W) or None, dW (F, C, 3, 3), db (F,), in x's dtype;
+    pad (top, bottom, left, right), of which bottom and right are already in dout's size."""
     dt = _dtype(x)
-    ph, pw = pad
+    ph, _, pw, _ = pad  # top, left: where the tiles start
     dout = np.asarray(dout, dtype=dt)
     W = np.asarray(W, dtype=dt)
     n, c, h, w = x.shape
@@ -207,7 +217,7 @@ def backward(
     at, _, bt, gg = matrices(m, dt.name)
     a = m + 2
     dx = None
-    if need_dx:  # full correlation of dout with W flipped and transposed, padding 2 - p
+    if need_dx:  # full correlation of dout with W flipped and transposed, padding 2 - top, 2 - left
         Wt = np.ascontiguousarray(W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
         dx = _conv(dout, _filter_transform(Wt, gg), None, 2 - ph, 2 - pw, h, w, m)
     th, tw = -(-oh // m), -(-ow // m)

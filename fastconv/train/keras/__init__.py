@@ -10,9 +10,10 @@
     model.compile(optimizer="rmsprop", loss="categorical_crossentropy", metrics=["accuracy"])
     history = model.fit(x_train, y_train, epochs=5, batch_size=64, validation_data=(x_test, y_test))
 
-* :mod:`fastconv.train.keras.layers`: the layers (Conv2D, MaxPooling2D, Flatten, Dense, Dropout, Activation);
+* :mod:`fastconv.train.keras.layers`: the layers (Conv2D, DepthwiseConv2D, SeparableConv2D, Conv2DTranspose,
+  MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D, Flatten, Dense, Dropout, Activation);
 * :mod:`fastconv.train.keras.model`: :class:`Sequential`, :class:`History`, :func:`mnist_cnn` and the data
-  layout rules (channels-last images in, NCHW inside).
+  layout rules (``data_format``: channels-last by default, computed channels-last throughout).
 """
 
 from __future__ import annotations
@@ -20,12 +21,17 @@ from __future__ import annotations
 from fastconv.train.keras.layers import (
     ACTIVATIONS,
     Activation,
+    AveragePooling2D,
     Conv2D,
+    Conv2DTranspose,
     Dense,
+    DepthwiseConv2D,
     Dropout,
     Flatten,
+    GlobalAveragePooling2D,
     Layer,
     MaxPooling2D,
+    SeparableConv2D,
 )
 from fastconv.train.keras.model import KERAS_OPTIMIZER_DEFAULTS, LOSSES, History, Sequential, mnist_cnn
 
@@ -34,13 +40,18 @@ __all__ = [
     "KERAS_OPTIMIZER_DEFAULTS",
     "LOSSES",
     "Activation",
+    "AveragePooling2D",
     "Conv2D",
+    "Conv2DTranspose",
     "Dense",
+    "DepthwiseConv2D",
     "Dropout",
     "Flatten",
+    "GlobalAveragePooling2D",
     "History",
     "Layer",
     "MaxPooling2D",
+    "SeparableConv2D",
     "Sequential",
     "mnist_cnn",
 ]

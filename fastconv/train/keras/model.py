@@ -1,13 +1,16 @@
 """The Keras-style model: :class:`Sequential` (``compile`` / ``fit`` / ``evaluate`` / ``predict`` / ``summary``),
 its :class:`History`, and :func:`mnist_cnn`, the Keras tutorial's MNIST network.
 
-Data layout: ``input_shape`` follows Keras, ``(H, W, C)``, and the model accepts images as Keras users
-have them, channels-last ``(N, H, W, C)`` (or ``(N, H, W)`` for one channel); they are converted once,
-at the edge, to the NCHW layout the kernels use. Channels-first ``(N, C, H, W)`` input is accepted as
-is (when a shape could be read both ways, channels-last wins, as in Keras). Inside, kernels are
-``(F, C, kh, kw)`` and ``Flatten`` flattens NCHW features in (C, H, W) order, so the first ``Dense``
-weights are laid out for that order (Keras would use (H, W, C); parameter counts are the same).
-Output shapes in :meth:`Sequential.summary` are shown channels-last, like Keras.
+Data layout, as in Keras: the model's data format is its image layers' ``data_format`` (those given
+must agree; layers that give none follow it), ``"channels_last"`` when none gives one. A
+channels-last model takes ``input_shape=(H, W, C)`` and images ``(N, H, W, C)`` (or ``(N, H, W)`` for
+one channel) and computes channels-last throughout (the kernels' NHWC layout: no transpose at the
+entry or between layers); ``Flatten`` then flattens in (H, W, C) order, as Keras, so the first
+``Dense`` weights are laid out as Keras lays them out. A channels-first model takes ``(C, H, W)`` and
+``(N, C, H, W)`` and computes NCHW. Images in the other layout are still accepted and transposed
+once, at the edge (free for one channel; when a shape could be read both ways, the model's own
+layout wins). Kernels are held in fastconv's ``(F, C // groups, kh, kw)`` layout either way.
+Output shapes in :meth:`Sequential.summary` are shown in the model's data format, like Keras.
 
 Losses are Keras': the cross-entropies clip probabilities to ``[1e-7, 1 - 1e-7]``
 (:func:`fastconv.losses.cross_entropy`); a softmax output layer trained with a cross-entropy is
@@ -24,10 +27,18 @@ import numpy as np
 
 from fastconv import losses
 from fastconv._arrays import array_module, to_host
-from fastconv.layers import Convolution
 from fastconv.train import loop
 from fastconv.train._io import check_arrays, load_npz, save_npz_atomic
-from fastconv.train.keras.layers import Conv2D, Dense, Dropout, Flatten, Layer, MaxPooling2D, _Softmax
+from fastconv.train.keras.layers import (
+    DATA_FORMATS,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    Layer,
+    MaxPooling2D,
+    _Softmax,
+)
 from fastconv.train.optimizers import Optimizer, make_optimizer
 
 __all__ = ["KERAS_OPTIMIZER_DEFAULTS", "LOSSES", "History", "Sequential", "mnist_cnn"]
@@ -41,6 +52,9 @@ KERAS_OPTIMIZER_DEFAULTS: dict[str, dict[str, float]] = {
     "rmsprop": {"lr": 0.001, "decay_rate": 0.9},
     "adam": {"lr": 0.001},
 }
+
+WEIGHTS_FORMAT = "__fastconv_keras_weights__"
+"""The marker entry of a weights file: 2 since the channels_last Flatten takes Keras's (H, W, C) order."""
 
 
 class History:
@@ -83,7 +97,7 @@ class Sequential:
         self.dtype = np.dtype(dtype)
         self.rng = np.random.default_rng(seed)
         self.built = False
-        self.input_shape: tuple[int, ...] | None = None  # Keras convention: (H, W, C) or (D,)
+        self.input_shape: tuple[int, ...] | None = None  # Keras convention: (H, W, C) / (C, H, W) or (D,)
         self.params: dict[str, Any] = {}
         self.optimizer: Optimizer | None = None
         self.loss_name: str | None = None
@@ -94,7 +108,8 @@ class Sequential:
 
     # -- building ----------------------------------------------------------------------------------
     def add(self, layer: Layer) -> None:
-        """Append a layer (the first one may carry ``input_shape=(H, W, C)`` or ``(D,)``)."""
+        """Append a layer (the first one may carry ``input_shape=(H, W, C)`` (channels_last),
+        ``(C, H, W)`` (channels_first) or ``(D,)``)."""
         if not isinstance(layer, Layer):
             raise TypeError(f"Sequential.add takes a layer (Conv2D, Dense, ...), got {type(layer).__name__}")
         if self.built:
@@ -111,8 +126,28 @@ class Sequential:
             raise ValueError("only the first layer may give input_shape")
         self.layers.append(layer)  # weights are created by build(), at summary/fit time
 
+    @property
+    def data_format(self) -> str:
+        """The model's data format: the one its image layers give (they must agree), else channels_last."""
+        given = {
+            layer.data_format: layer for layer in self.layers if layer.uses_data_format and layer.data_format
+        }
+        if len(given) > 1:
+            names = ", ".join(f"{layer.name} {fmt!r}" for fmt, layer in given.items())
+            raise ValueError(
+                f"the image layers of one model must share a data_format; got {names} (give it on one "
+                "layer, or the same on all: layers without one follow the model)"
+            )
+        return next(iter(given), DATA_FORMATS[0])
+
+    @property
+    def layout(self) -> str:
+        """The layout of the model's image arrays: "NHWC" (channels_last) or "NCHW" (channels_first)."""
+        return "NHWC" if self.data_format == "channels_last" else "NCHW"
+
     def build(self, input_shape: Sequence[int] | None = None) -> None:
-        """Create the weights for ``input_shape`` (Keras convention (H, W, C) or (D,))."""
+        """Create the weights for ``input_shape`` (Keras convention: (H, W, C) for a channels_last model,
+        (C, H, W) for a channels_first one, or (D,))."""
         if input_shape is not None:
             self.input_shape = tuple(int(v) for v in input_shape)
         if self.input_shape is None:
@@ -122,27 +157,36 @@ class Sequential:
             )
         if not self.layers:
             raise ValueError("the model has no layers")
+        fmt = self.data_format
         shape = self._internal_shape(self.input_shape)
         self.params = {}
         for layer in self.layers:
             if isinstance(layer, Dropout):
                 layer.rng = np.random.default_rng(layer.seed) if layer.seed is not None else self.rng
-            shape = layer.build(shape, self.rng, self.dtype, self.backend)
+            shape = layer.build(shape, self.rng, self.dtype, self.backend, fmt)
             for k, p in layer.params.items():
                 self.params[f"{layer.name}.{k}"] = p
-        first = getattr(self.layers[0], "layer", None)
-        if isinstance(first, Convolution):  # the input needs no gradient: skip the first conv's dx
-            first.need_dx = False
+        self.layers[0].skip_input_gradient()  # the input needs no gradient: the first conv skips dx
         self.built = True
 
-    @staticmethod
-    def _internal_shape(keras_shape: tuple[int, ...]) -> tuple[int, ...]:
+    def _internal_shape(self, keras_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """``input_shape`` as the layers take it: (C, H, W) for images, whatever the data format."""
         if len(keras_shape) == 3:
+            if self.data_format == "channels_first":
+                return keras_shape
             h, w, c = keras_shape
             return (c, h, w)
         if len(keras_shape) == 1:
             return keras_shape
-        raise ValueError(f"input_shape must be (H, W, C) for images or (D,) for features, got {keras_shape}")
+        order = "(C, H, W)" if self.data_format == "channels_first" else "(H, W, C)"
+        raise ValueError(f"input_shape must be {order} for images or (D,) for features, got {keras_shape}")
+
+    def _array_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The array shape (batch axis left out) of an image or features of layer shape ``shape``."""
+        if len(shape) == 3 and self.layout == "NHWC":
+            c, h, w = shape
+            return (h, w, c)
+        return shape
 
     def count_params(self) -> int:
         self._ensure_built()
@@ -153,7 +197,9 @@ class Sequential:
             return
         if self.input_shape is None and x is not None:
             shape = tuple(x.shape[1:])
-            self.input_shape = shape if len(shape) != 2 else (*shape, 1)  # (N, H, W): one channel
+            if len(shape) == 2:  # (N, H, W): one channel
+                shape = (1, *shape) if self.data_format == "channels_first" else (*shape, 1)
+            self.input_shape = shape
         self.build()
 
     def summary(self, print_fn: Callable[[str], Any] | None = None, line_length: int = 72) -> None:
@@ -193,32 +239,48 @@ class Sequential:
         out("_" * line_length)
 
     # -- data at the edge ---------------------------------------------------------------------------
-    def _to_nchw(self, x: Any, device: bool = True) -> Any:
-        """Channels-last (N, H, W, C) or (N, H, W) -> contiguous (N, C, H, W) in the model's dtype (on the
-        model's device unless ``device`` is false). The one layout conversion, at the edge of the model."""
+    def _in_layout(self, x: Any) -> Any:
+        """x (N, ...) as the model's input array: x itself when it is in the model's layout already;
+        (N, H, W) for one channel, or images in the other layout, converted (a reshape for one channel,
+        else a transposed view)."""
+        want = self.in_shape_internal
+        shape = tuple(x.shape[1:])
+        if len(want) != 3:
+            if shape != want:
+                raise ValueError(f"x must have shape (N, {', '.join(map(str, want))}), got {tuple(x.shape)}")
+            return x
+        own = self._array_shape(want)
+        if shape == own:
+            return x
+        c, h, w = want
+        if c == 1 and shape in ((h, w), (1, h, w), (h, w, 1)):
+            return x.reshape((x.shape[0], *own))  # one channel: the same memory in either layout
+        if self.layout == "NHWC" and shape == (c, h, w):
+            return x.transpose(0, 2, 3, 1)
+        if self.layout == "NCHW" and shape == (h, w, c):
+            return x.transpose(0, 3, 1, 2)
+        first, other = (f"(N, {h}, {w}, {c})", f"(N, {c}, {h}, {w})")[:: 1 if self.layout == "NHWC" else -1]
+        raise ValueError(
+            f"x must have shape {first} (the model's {self.data_format} layout) or {other}, got {tuple(x.shape)}"
+        )
+
+    @property
+    def in_shape_internal(self) -> tuple[int, ...]:
+        """The first layer's input shape, (C, H, W) or (D,) (the model must be built)."""
+        return self.layers[0].in_shape  # type: ignore[return-value]
+
+    def _to_input(self, x: Any, device: bool = True) -> Any:
+        """Images (N, H, W, C) or (N, C, H, W) (or (N, H, W) for one channel), or features (N, D) ->
+        a contiguous array in the model's layout and dtype (on the model's device unless ``device`` is
+        false). Images already in the model's layout are not transposed."""
         if not hasattr(x, "shape"):
             x = np.asarray(x)
         self._ensure_built(x)
-        xp = array_module(x)
-        want = self.input_shape
-        shape = tuple(x.shape[1:])
-        if len(want) == 3:
-            h, w, c = want
-            if shape == (h, w, c):
-                x = x.transpose(0, 3, 1, 2)
-            elif shape == (c, h, w):
-                pass
-            elif shape == (h, w) and c == 1:
-                x = x.reshape(x.shape[0], 1, h, w)
-            else:
-                raise ValueError(
-                    f"x must have shape (N, {h}, {w}, {c}) (channels-last, as Keras) or (N, {c}, {h}, {w}), "
-                    f"got {tuple(x.shape)}"
-                )
-        elif shape != want:
-            raise ValueError(f"x must have shape (N, {', '.join(map(str, want))}), got {tuple(x.shape)}")
-        x = xp.ascontiguousarray(x, dtype=self.dtype)
+        x = self._in_layout(x)
+        x = array_module(x).ascontiguousarray(x, dtype=self.dtype)
         return self._device(x) if device else x
+
+    _to_nchw = _to_input  # the name from when the model computed channels-first only
 
     def _device(self, x: Any) -> Any:
         if self.backend is None:
@@ -287,12 +349,21 @@ class Sequential:
             return losses.mean_squared_error(y, t)
         return losses.cross_entropy(y, t)
 
+    def _batch(self, x: Any) -> Any:
+        """A batch on the model's device in its layout; one in the other layout is converted (see
+        :meth:`_to_input`), contiguous."""
+        self._ensure_built(x)
+        y = self._in_layout(x)
+        return y if y is x else array_module(y).ascontiguousarray(y)
+
     def loss_and_gradient(self, x: Any, t: Any) -> tuple[float, dict[str, Any], Any]:
-        """One training step's forward and backward on an NCHW batch x (N, C, H, W) (or (N, D)) on the model's
-        device, t as :meth:`fit` takes it (host or device): (mean loss, grads keyed like ``params``, outputs
-        (N, K))."""
+        """One training step's forward and backward on a batch x on the model's device, in the model's
+        layout ((N, H, W, C) channels_last, (N, C, H, W) channels_first, (N, D) features; the other image
+        layout is converted), t as :meth:`fit` takes it (host or device): (mean loss, grads keyed like
+        ``params``, outputs (N, K))."""
         if self.loss_name is None:
             raise RuntimeError("compile the model before training it")
+        x = self._batch(x)
         t = array_module(x).asarray(t)
         fused = self._fused_softmax()
         if fused:
@@ -314,22 +385,23 @@ class Sequential:
         return float(loss), grads, y
 
     def evaluate_batch(self, x: Any, t: Any) -> tuple[float, Any]:
-        """(mean loss, outputs (N, K)) of an NCHW batch on the model's device, without dropout."""
-        y = self._forward(x, False)
+        """(mean loss, outputs (N, K)) of a batch on the model's device (as :meth:`loss_and_gradient`
+        takes it), without dropout."""
+        y = self._forward(self._batch(x), False)
         return float(self._loss(y, array_module(y).asarray(t))), y
 
     def gradient(self, x: Any, t: Any) -> dict[str, Any]:
-        """Gradients of the loss, keyed like ``params`` (x NCHW or channels-last)."""
-        return self.loss_and_gradient(self._to_nchw(x), self._targets(t))[1]
+        """Gradients of the loss, keyed like ``params`` (x channels-last or channels-first)."""
+        return self.loss_and_gradient(self._to_input(x), self._targets(t))[1]
 
     def loss(self, x: Any, t: Any) -> float:
         """Mean loss of the batch (no dropout)."""
-        return self.evaluate_batch(self._to_nchw(x), self._targets(t))[0]
+        return self.evaluate_batch(self._to_input(x), self._targets(t))[0]
 
     # -- fit / evaluate / predict -------------------------------------------------------------------
     def predict(self, x: Any, batch_size: int = 32, verbose: int = 0) -> np.ndarray:
         """Model outputs (probabilities for a softmax head) for x, as a NumPy array (N, K)."""
-        x = self._to_nchw(x, device=False)
+        x = self._to_input(x, device=False)
         out = [
             to_host(self._forward(self._device(x[idx]), False))
             for idx in loop.batch_indices(x.shape[0], batch_size)
@@ -347,8 +419,9 @@ class Sequential:
         return [loss, acc] if self.metrics else loss
 
     def _data(self, x: Any, y: Any) -> tuple[Any, np.ndarray]:
-        """(images NCHW in the model's dtype, not yet on its device; targets on the host) of one data set."""
-        x = self._to_nchw(x, device=False)
+        """(images in the model's layout and dtype, not yet on its device; targets on the host) of one
+        data set."""
+        x = self._to_input(x, device=False)
         t = self._targets(y)
         if len(t) != x.shape[0]:
             raise ValueError(f"x has {x.shape[0]} samples, y has {len(t)}")
@@ -420,9 +493,10 @@ class Sequential:
             p[...] = array_module(p).asarray(np.asarray(w, dtype=p.dtype))
 
     def save_params(self, file_name: str | os.PathLike[str] = "params.npz") -> None:
-        """Write the weights to an ``.npz`` file (keys ``<layer>.W`` / ``<layer>.b``), atomically."""
+        """Write the weights to an ``.npz`` file (keys ``<layer>.W`` / ``<layer>.b``), atomically, with
+        the entry ``WEIGHTS_FORMAT`` naming the flatten order (Keras's, (H, W, C) in channels_last)."""
         self._ensure_built()
-        save_npz_atomic(file_name, self.params)
+        save_npz_atomic(file_name, {**self.params, WEIGHTS_FORMAT: np.array(2)})
 
     save_weights = save_params
 
@@ -430,16 +504,29 @@ class Sequential:
         """Read weights written by :meth:`save_params` (``allow_pickle=False``; names and shapes must match)."""
         self._ensure_built()
         loaded = load_npz(file_name)
+        if loaded.pop(WEIGHTS_FORMAT, None) is None and self._flattens_channels_last():
+            raise ValueError(
+                f"{file_name}: weights saved by fastconv before 0.2, whose channels_last Flatten used the "
+                "(C, H, W) order; this model flattens in Keras's (H, W, C) order, so the first Dense weights "
+                "would be wrong: train again, or save them with this version"
+            )
         check_arrays(file_name, loaded, {k: tuple(v.shape) for k, v in self.params.items()})
         self.set_weights([loaded[k] for k in self.params])
 
     load_weights = load_params
 
+    def _flattens_channels_last(self) -> bool:
+        """Whether the model flattens channels_last images (where fastconv before 0.2 flattened in another
+        order than Keras)."""
+        if self.data_format != "channels_last":
+            return False
+        return any(type(layer).__name__ == "Flatten" for layer in self.layers)
+
     def set_params(self, values: dict[str, np.ndarray]) -> None:
         self.set_weights([values[k] for k in self.params])
 
     def first_layer_filters(self) -> np.ndarray | None:
-        """The first Conv2D kernel on the host, (F, C, kh, kw), or None."""
+        """The first convolution's kernel on the host, (F, C // groups, kh, kw), or None."""
         for layer in self.layers:
             f = layer.filters()
             if f is not None:
