@@ -154,6 +154,26 @@ def test_relu_backward_does_not_modify_dout(on, rng):
     np.testing.assert_array_equal(on.host(dout), before)
 
 
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_relu_gives_the_books_bits_with_nan_signed_zeros_and_infinities(on, rng, dtype):
+    """The book's Relu: out = x.copy(); out[x <= 0] = 0, and dout[x <= 0] = 0 (NaN passes, -0.0 becomes +0.0)."""
+    special = [np.nan, -0.0, 0.0, np.inf, -np.inf, 1.0, -1.0]
+    x = rng.standard_normal((4, 3, 6, 5)).astype(dtype)
+    x.ravel()[: len(special)] = special
+    dout = rng.standard_normal(x.shape).astype(dtype)
+    dout.ravel()[: len(special)] = special[::-1]
+    x_view, dout_view = x[:, :, ::2], dout[:, :, ::2]  # non-contiguous inputs too
+    want_y, want_dx = x_view.copy(), dout_view.copy()
+    want_y[x_view <= 0] = 0
+    want_dx[x_view <= 0] = 0
+    relu = Relu()
+    y = on.host(relu.forward(on(x_view)))
+    dx = on.host(relu.backward(on(dout_view)))
+    bits = f"uint{np.dtype(dtype).itemsize * 8}"
+    np.testing.assert_array_equal(y.view(bits), want_y.view(bits))
+    np.testing.assert_array_equal(dx.view(bits), want_dx.view(bits))
+
+
 def test_affine_flattens_4d_input_and_restores_its_shape(on, rng):
     x = rng.standard_normal((2, 3, 4, 4))
     W, b = rng.standard_normal((48, 5)), rng.standard_normal(5)

@@ -201,3 +201,101 @@ def test_backward_data_is_conv_transpose2d(layout: str, k: int, op: int) -> None
     y_shape = to(np.empty(want.shape)).shape
     got = nb.conv2d_backward_data(to(x), W, y_shape, (2, 2), (1, 1 - op, 1, 1 - op), (1, 1), 1, layout)
     np.testing.assert_allclose(got, to(want), rtol=1e-10, atol=1e-10)
+
+
+# ----------------------------------------------------------------------------------------------
+# NCHW depthwise, multiplier 1, stride 1: the flat-plane kernels (kernels.dw_flat_forward / _backward)
+# ----------------------------------------------------------------------------------------------
+
+
+@st.composite
+def flat_cases(draw):  # type: ignore[no-untyped-def]
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    pad = tuple(draw(st.integers(0, 4)) for _ in range(4))  # pads past dil*(k-1): dx crops dout
+    h, w = draw(st.integers(1, 10)), draw(st.integers(1, 10))
+    assume(h + pad[0] + pad[1] >= dilation[0] * (kh - 1) + 1)
+    assume(w + pad[2] + pad[3] >= dilation[1] * (kw - 1) + 1)
+    c = draw(st.integers(2, 5))
+    return {
+        "x_shape": (draw(st.integers(1, 3)), c, h, w),
+        "W_shape": (c, 1, kh, kw),
+        "pad": pad,
+        "dilation": dilation,
+        "dtype": draw(st.sampled_from(("float32", "float64"))),
+        "seed": draw(st.integers(0, 2**32 - 1)),
+    }
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=flat_cases())
+def test_depthwise_flat_plane_matches_torch_float64(case: dict) -> None:
+    direct = importlib.import_module("fastconv.backends.numba.direct")
+    rng = np.random.default_rng(case["seed"])
+    dt = case["dtype"]
+    x = rng.standard_normal(case["x_shape"]).astype(dt)
+    W = rng.standard_normal(case["W_shape"]).astype(dt)
+    b = rng.standard_normal(W.shape[0]).astype(dt)
+    c, p, d, s = x.shape[1], case["pad"], case["dilation"], (1, 1)
+    assert direct._flat(W, c, s)
+    oh, ow = fastconv._shapes.conv_output_size(x.shape[2:], W.shape[2:], s, p, d)
+    dout = rng.standard_normal((x.shape[0], c, oh, ow)).astype(dt)
+    y_ref, dx_ref, dW_ref, db_ref = _reference(x, W, b, dout, s, p, d, c)
+    frozen = [a.copy() for a in (x, W, b, dout)]
+    what = str(case)
+    _close(nb.conv2d_forward(x, W, b, s, p, d, c, "NCHW", algorithm="direct"), y_ref, dt, "y " + what)
+    y0 = nb.conv2d_forward(x, W, None, s, p, d, c, "NCHW", algorithm="direct")
+    _close(y0, y_ref - b.reshape(1, -1, 1, 1), dt, "y without bias " + what)
+    dx, dW, db = nb.conv2d_backward(dout, x, W, s, p, d, c, "NCHW", True, algorithm="direct")
+    _close(dx, dx_ref, dt, "dx " + what)
+    _close(dW, dW_ref, dt, "dW " + what)
+    _close(db, db_ref, dt, "db " + what)
+    none, dW2, db2 = nb.conv2d_backward(dout, x, W, s, p, d, c, "NCHW", False, algorithm="direct")
+    assert none is None
+    np.testing.assert_array_equal(dW2, dW)
+    np.testing.assert_array_equal(db2, db)
+    dxd = nb.conv2d_backward_data(dout, W, x.shape, s, p, d, c, "NCHW")
+    np.testing.assert_array_equal(dxd, dx)  # the same flipped-kernel correlation
+    for a, before in zip((x, W, b, dout), frozen):
+        np.testing.assert_array_equal(a, before)  # inputs unchanged
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("k, pad, dil", [((3, 3), (1, 1, 1, 1), (1, 1)), ((2, 5), (0, 3, 4, 1), (2, 1))])
+def test_depthwise_flat_plane_same_bits_for_1_2_3_threads(
+    dtype: str, k: tuple, pad: tuple, dil: tuple
+) -> None:
+    rng = np.random.default_rng(5)
+    c = 13
+    x = rng.standard_normal((4, c, 12, 10)).astype(dtype)
+    W = rng.standard_normal((c, 1, *k)).astype(dtype)
+    b = rng.standard_normal(c).astype(dtype)
+    args = ((1, 1), pad, dil, c, "NCHW")
+    results = []
+    for threads in (1, 2, 3):
+        with fastconv.configure(threads=threads):
+            y = nb.conv2d_forward(x, W, b, *args, algorithm="direct")
+            dout = np.random.default_rng(6).standard_normal(y.shape).astype(dtype)
+            grads = nb.conv2d_backward(dout, x, W, *args, True, algorithm="direct")
+            dxd = nb.conv2d_backward_data(dout, W, x.shape, *args)
+            results.append((y, *grads, dxd))
+    for other in results[1:]:
+        for a, b_ in zip(results[0], other):
+            np.testing.assert_array_equal(a, b_)
+
+
+def test_depthwise_flat_plane_dw_keeps_inf_in_dout_where_torch_does() -> None:
+    """An inf in dout meets the padding zeros of the flat dW sums (inf * 0 = NaN): the exact sums decide."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 3, 6, 7))
+    W = rng.standard_normal((3, 1, 3, 3))
+    pad = (1, 0, 2, 1)
+    oh, ow = fastconv._shapes.conv_output_size((6, 7), (3, 3), (1, 1), pad, (1, 1))
+    dout = rng.standard_normal((2, 3, oh, ow))
+    dout[1, 2, 0, ow - 1] = np.inf
+    _, dx_ref, dW_ref, db_ref = _reference(x, W, np.zeros(3), dout, (1, 1), pad, (1, 1), 3)
+    dx, dW, db = nb.conv2d_backward(dout, x, W, (1, 1), pad, (1, 1), 3, "NCHW", True, algorithm="direct")
+    for got, want in ((dW, dW_ref), (db, db_ref)):
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        np.testing.assert_array_equal(got[np.isinf(want)], want[np.isinf(want)])
+        np.testing.assert_allclose(got[np.isfinite(want)], want[np.isfinite(want)], rtol=1e-10)

@@ -354,10 +354,15 @@ def _compile_ahead(backend: str | None, dtype: str, model: str) -> Callable[[], 
         f"data load (a few seconds, once; cached in {nb.runtime.CACHE_DIR})",
         flush=True,
     )
-    if model == "separable":  # grouped, transposed and 3x3 convs, average pools: every unit may run
-        return nb.compile_ahead((dtype,))
-    # SimpleConvNet's one conv layer computes no dx (it is the first): no col2im to compile
-    units = ("gemm", "direct", "pool") + (() if model == "simple" else ("col2im",))
+    units = {
+        # one conv layer of one input channel (direct forward; the first layer computes no dx) and a pool
+        "simple": ("gemm", "direct", "pool"),
+        # channels-last throughout: NHWC GEMMs and pools
+        "keras": ("nhwc", "pool_nhwc"),
+        # depthwise and 1x1 convs, a transposed conv (its dx is a GEMM of many channels), a 3x3 conv
+        # that may take Winograd, global average pooling
+        "separable": ("gemm", "direct", "depthwise", "nhwc", "winograd", "avgpool"),
+    }[model]
     return nb.compile_ahead((dtype,), units=units)
 
 

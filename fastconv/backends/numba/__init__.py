@@ -90,9 +90,23 @@ def info() -> dict[str, str]:
 
 
 # What warmup compiles, in units (about 1 s per kernel and dtype on one core): gemm (im2col), col2im,
-# pool (pooling.py's kernels), winograd (its two kernels), direct (its kernel), depthwise (the NCHW
-# grouped kernels: forward, dx, dW), nhwc (the NHWC im2col and col2im, the NHWC depthwise kernels).
-UNITS = ("gemm", "col2im", "pool", "winograd", "direct", "depthwise", "nhwc")
+# pool (pooling.py's max pooling, NCHW), pool_nhwc (the same in NHWC), avgpool (average and global
+# average pooling, both layouts), winograd (its two kernels), direct (its kernel), depthwise (NCHW's
+# flat-plane forward and backward), grouped (the grouped and strided depthwise kernels of both
+# layouts: forward, dx, dW), nhwc
+# (the NHWC im2col and col2im, which NCHW layers of many channels run too).
+UNITS = (
+    "gemm",
+    "col2im",
+    "pool",
+    "winograd",
+    "direct",
+    "depthwise",
+    "grouped",
+    "nhwc",
+    "pool_nhwc",
+    "avgpool",
+)
 
 
 def _compile(units: tuple[str, ...] | list[str], dtypes: tuple[str, ...] = ("float32", "float64")) -> None:
@@ -108,10 +122,13 @@ def _run_units(units: tuple[str, ...] | list[str], dtypes: tuple[str, ...]) -> N
     one, two, pad1, pad0 = (1, 1), (2, 2), (1, 1, 1, 1), (0, 0, 0, 0)
     for unit in units:
         for dtype in dtypes:
-            if unit == "pool":
+            if unit in ("pool", "pool_nhwc", "avgpool"):
                 from fastconv.backends.numba import pooling
 
-                pooling.warmup_kernels(dtype)
+                if unit == "avgpool":
+                    pooling.warmup_kernels(dtype, maximum=False)
+                else:
+                    pooling.warmup_kernels(dtype, ("NCHW",) if unit == "pool" else ("NHWC",), average=False)
                 continue
             rng = np.random.default_rng(0)
             x = rng.standard_normal((2, 2, 5, 5)).astype(dtype)
@@ -119,15 +136,20 @@ def _run_units(units: tuple[str, ...] | list[str], dtypes: tuple[str, ...]) -> N
             if unit == "col2im":  # the gemm backward's dx, without the gemm unit's im2col
                 col2im(np.ones((2 * 2 * 2, 2 * 2 * 2), dtype), x.shape, 2, 2, two, pad0, one)
                 continue
-            if unit in ("depthwise", "nhwc"):
-                layout = "NCHW" if unit == "depthwise" else "NHWC"
-                xl = x if unit == "depthwise" else np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-                Wd = rng.standard_normal((4, 1, 3, 3)).astype(dtype)  # depthwise, multiplier 2
-                y = conv2d_forward(xl, Wd, None, one, pad1, one, 2, layout, algorithm="direct")
-                conv2d_backward(y, xl, Wd, one, pad1, one, 2, layout, True, algorithm="direct")
-                if unit == "nhwc":  # the NHWC GEMM's im2col and col2im
-                    y = conv2d_forward(xl, W, None, one, pad1, one, 1, layout)
-                    conv2d_backward(y, xl, W, one, pad1, one, 1, layout, True)
+            xh = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+            Wd = rng.standard_normal((4, 1, 3, 3)).astype(dtype)
+            if unit == "depthwise":  # multiplier 1, stride 1, NCHW: the flat-plane kernels
+                y = conv2d_forward(x, Wd[:2], None, one, pad1, one, 2, "NCHW", algorithm="direct")
+                conv2d_backward(y, x, Wd[:2], one, pad1, one, 2, "NCHW", True, algorithm="direct")
+                continue
+            if unit == "grouped":  # a depthwise multiplier of 2 takes the grouped kernels of each layout
+                for layout, xl in (("NCHW", x), ("NHWC", xh)):
+                    y = conv2d_forward(xl, Wd, None, one, pad1, one, 2, layout, algorithm="direct")
+                    conv2d_backward(y, xl, Wd, one, pad1, one, 2, layout, True, algorithm="direct")
+                continue
+            if unit == "nhwc":  # the NHWC GEMM's im2col and col2im (also NCHW layers of many channels)
+                y = conv2d_forward(xh, W, None, one, pad1, one, 1, "NHWC")
+                conv2d_backward(y, xh, W, one, pad1, one, 1, "NHWC", True)
                 continue
             y = conv2d_forward(x, W, None, one, pad1, one, algorithm=unit)
             if unit != "direct":  # direct's backward runs the gemm and col2im units' kernels
@@ -135,16 +157,18 @@ def _run_units(units: tuple[str, ...] | list[str], dtypes: tuple[str, ...]) -> N
 
 
 # Compile cost of each unit per dtype, in seconds on one core of the 2-core test machine (measured
-# with an empty cache; pool, depthwise and nhwc scaled from a run beside the gemm unit on a busy
-# machine): used to share the units between processes.
+# with an empty cache, one process per unit, float32): used to share the units between processes.
 _UNIT_COST = {
-    "gemm": 1.0,
-    "col2im": 1.0,
-    "pool": 5.0,
-    "winograd": 2.0,
-    "direct": 2.5,
-    "depthwise": 3.5,
-    "nhwc": 4.0,
+    "gemm": 1.5,
+    "col2im": 1.3,
+    "pool": 3.0,
+    "pool_nhwc": 1.7,
+    "avgpool": 5.0,
+    "winograd": 1.8,
+    "direct": 2.9,
+    "depthwise": 8.1,
+    "grouped": 10.4,
+    "nhwc": 1.8,
 }
 _CHILD_START_S = 1.3
 

@@ -434,6 +434,221 @@ def group_dw(t0, t1, x, dout, off, dwt, db, groups, sh, sw, ph, pw, mh_n, pc, ro
 
 
 # ----------------------------------------------------------------------------------------------
+# Depthwise convolution, NCHW, stride 1, multiplier 1 (groups == C == F): the flat plane
+# ----------------------------------------------------------------------------------------------
+# One (n, c) plane is copied into a zero-padded plane xp of ROWS = OH + (kh-1)*dh rows of pitch
+# P = OW + (kw-1)*dw, flattened: tap (i, j) of every output is then the contiguous run
+# xp[i*dh*P + j*dw :][: M], M = (OH-1)*P + OW, over the flat index q = oh*P + ow (columns ow >= OW
+# of a row are spill-over: computed, never written out). dx (stride 1) is the same correlation on
+# the zero-padded dout with the flipped kernel. The padding of xp is zeroed once per share: every
+# plane of a call writes the same interior.
+
+
+@njit
+def _flat_fill(buf, plane, ph, pw, rows, pitch):  # pragma: no cover - jitted
+    """buf[r*P + v] = plane[r - ph, v - pw] for the (r, v) inside the plane (ph, pw of any sign: a
+    negative one crops); the rest of buf is left alone (the caller's zeros)."""
+    h_n, w_n = plane.shape
+    r0, r1 = max(0, ph), min(rows, h_n + ph)
+    v0, v1 = max(0, pw), min(pitch, w_n + pw)
+    for r in range(r0, r1):
+        d = buf[r * pitch + v0 : r * pitch + v1]
+        s = plane[r - ph, v0 - pw : v1 - pw]
+        for q in range(v1 - v0):
+            d[q] = s[q]
+
+
+@njit(fastmath={"contract"})
+def _flat_taps(acc, xp, off, wf, b, m):  # pragma: no cover - jitted
+    """acc[q] = b + sum_u wf[u] * xp[off[u] + q], q < m, the taps added in order u = 0, 1, ...: all 9
+    of a 3x3 kernel in one pass, else 3 per pass (the first pass writes acc)."""
+    kk = off.shape[0]
+    if kk == 9:
+        o0, o1, o2, o3, o4, o5, o6, o7, o8 = (
+            off[0],
+            off[1],
+            off[2],
+            off[3],
+            off[4],
+            off[5],
+            off[6],
+            off[7],
+            off[8],
+        )
+        w0, w1, w2, w3, w4, w5, w6, w7, w8 = wf[0], wf[1], wf[2], wf[3], wf[4], wf[5], wf[6], wf[7], wf[8]
+        x0, x1, x2 = xp[o0 : o0 + m], xp[o1 : o1 + m], xp[o2 : o2 + m]
+        x3, x4, x5 = xp[o3 : o3 + m], xp[o4 : o4 + m], xp[o5 : o5 + m]
+        x6, x7, x8 = xp[o6 : o6 + m], xp[o7 : o7 + m], xp[o8 : o8 + m]
+        for q in range(m):
+            acc[q] = (
+                b + w0 * x0[q] + w1 * x1[q] + w2 * x2[q] + w3 * x3[q] + w4 * x4[q]
+                + w5 * x5[q] + w6 * x6[q] + w7 * x7[q] + w8 * x8[q]
+            )  # fmt: skip
+        return
+    u = 0
+    while u < kk:
+        e = min(kk, u + 3)
+        if e - u == 3:
+            w0, w1, w2 = wf[u], wf[u + 1], wf[u + 2]
+            x0 = xp[off[u] : off[u] + m]
+            x1 = xp[off[u + 1] : off[u + 1] + m]
+            x2 = xp[off[u + 2] : off[u + 2] + m]
+            if u == 0:
+                for q in range(m):
+                    acc[q] = b + w0 * x0[q] + w1 * x1[q] + w2 * x2[q]
+            else:
+                for q in range(m):
+                    acc[q] += w0 * x0[q] + w1 * x1[q] + w2 * x2[q]
+        else:  # the last 1 or 2 taps (or all of a kernel with fewer than 3), one per pass
+            for v in range(u, e):
+                w0 = wf[v]
+                x0 = xp[off[v] : off[v] + m]
+                if v == 0:
+                    for q in range(m):
+                        acc[q] = b + w0 * x0[q]
+                else:
+                    for q in range(m):
+                        acc[q] += w0 * x0[q]
+        u = e
+
+
+@njit
+def _flat_offsets(kh, kw, dh, dw, pitch):  # pragma: no cover - jitted
+    """off[i*kw + j] = i*dh*P + j*dw: where tap (i, j) starts in a flat plane of pitch P."""
+    off = np.empty(kh * kw, dtype=np.int64)
+    for i in range(kh):
+        for j in range(kw):
+            off[i * kw + j] = i * dh * pitch + j * dw
+    return off
+
+
+@cached_njit(nogil=True, fastmath={"contract"})
+def dw_flat_forward(t0, t1, x, w, bias, y, ph, pw, dh, dw, kh, kw):  # pragma: no cover
+    """y[n, c, oh, ow] = bias[c] + sum_{i,j} w[c, i*kw + j] * x[n, c, oh + i*dh - ph, ow + j*dw - pw] (zero
+    outside x; ph, pw of any sign), x (N, C, H, W), y (N, C, OH, OW): the stride-1 depthwise
+    correlation on the flat plane xp[r*P + v] = x[n, c, r - ph, v - pw], P = OW + (kw-1)*dw,
+    acc[oh*P + ow] = bias + sum_u w[c, u] * xp[off[u] + oh*P + ow]. Work items t0..t1-1: the (n, c)
+    planes. Also dx: dout as x, the flipped kernel, ph = (kh-1)*dh - top, pw = (kw-1)*dw - left."""
+    c_n = x.shape[1]
+    oh_n, ow_n = y.shape[2], y.shape[3]
+    pitch = ow_n + (kw - 1) * dw
+    rows = oh_n + (kh - 1) * dh
+    m = (oh_n - 1) * pitch + ow_n
+    xp = np.zeros(rows * pitch, dtype=x.dtype)
+    acc = np.empty(m, dtype=x.dtype)
+    off = _flat_offsets(kh, kw, dh, dw, pitch)
+    for t in range(t0, t1):
+        n = t // c_n
+        c = t % c_n
+        _flat_fill(xp, x[n, c], ph, pw, rows, pitch)
+        _flat_taps(acc, xp, off, w[c], bias[c], m)
+        yf = y[n, c]
+        for oh in range(oh_n):  # y[n, c, oh, :] = acc[oh*P : oh*P + OW], the spill-over dropped
+            yr = yf[oh]
+            a = acc[oh * pitch : oh * pitch + ow_n]
+            for ow in range(ow_n):
+                yr[ow] = a[ow]
+
+
+@cached_njit(nogil=True, fastmath={"contract", "reassoc"})
+def dw_flat_backward(t0, t1, x, dout, wfl, dx, dwt, db, ph, pw, dh, dw, kh, kw, need_dx):  # pragma: no cover
+    """The stride-1 depthwise (multiplier 1) backward, x (N, C, H, W), dout (N, C, OH, OW), per channel c:
+    dp[r*P + v] = dout[n, c, r - a, v - e] (a = (kh-1)*dh - ph, e = (kw-1)*dw - pw, zero outside dout),
+    P = W + (kw-1)*dw; dx[n, c, h, w] = sum_u wfl[c, u] * dp[off[u] + h*P + w] (wfl: the flipped kernel,
+    as dw_flat_forward's _flat_taps) when ``need_dx``; dwt[c, kk-1-u] = sum_{n, q} xq[q] * dp[off[u] + q]
+    with xq[h*P + w] = x[n, c, h, w] (zero in the spill-over), i.e. dW[c, i, j] = sum dout[n, c, oh, ow]
+    * x[n, c, oh + i*dh - ph, ow + j*dw - pw]; db[c] = sum dout[n, c]. Work items t0..t1-1: channels,
+    each summing over the images in order n = 0, 1, ...: the same bits for any thread count. A
+    non-finite value times a zero of the padding or spill-over can make a NaN the true sum lacks: the
+    caller then recomputes dW exactly (kernels.group_dw with ``rows``)."""
+    n_n, c_n, h_n, w_n = x.shape
+    oh_n, ow_n = dout.shape[2], dout.shape[3]
+    a = (kh - 1) * dh - ph
+    e = (kw - 1) * dw - pw
+    pitch = w_n + (kw - 1) * dw
+    rows = h_n + (kh - 1) * dh
+    kk = kh * kw
+    m = (h_n - 1) * pitch + w_n
+    dp = np.zeros(rows * pitch, dtype=x.dtype)
+    xq = np.zeros(m, dtype=x.dtype)
+    acc = np.empty(m, dtype=x.dtype)
+    s = np.empty(kk, dtype=x.dtype)
+    off = _flat_offsets(kh, kw, dh, dw, pitch)
+    k3 = kk - kk % 3
+    zero = x.dtype.type(0)
+    for c in range(t0, t1):
+        for u in range(kk):
+            s[u] = zero
+        sb = zero
+        for n in range(n_n):
+            _flat_fill(dp, dout[n, c], a, e, rows, pitch)
+            if need_dx:
+                _flat_taps(acc, dp, off, wfl[c], zero, m)
+                df = dx[n, c]
+                for h in range(h_n):  # dx[n, c, h, :] = acc[h*P : h*P + W]
+                    dr = df[h]
+                    ar = acc[h * pitch : h * pitch + w_n]
+                    for w in range(w_n):
+                        dr[w] = ar[w]
+            _flat_fill(xq, x[n, c], 0, 0, h_n, pitch)
+            if kk == 9:
+                o0, o1, o2, o3, o4 = off[0], off[1], off[2], off[3], off[4]
+                o5, o6, o7, o8 = off[5], off[6], off[7], off[8]
+                d0, d1, d2 = dp[o0 : o0 + m], dp[o1 : o1 + m], dp[o2 : o2 + m]
+                d3, d4, d5 = dp[o3 : o3 + m], dp[o4 : o4 + m], dp[o5 : o5 + m]
+                d6, d7, d8 = dp[o6 : o6 + m], dp[o7 : o7 + m], dp[o8 : o8 + m]
+                s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = zero
+                for q in range(m):
+                    v = xq[q]
+                    s0 += v * d0[q]
+                    s1 += v * d1[q]
+                    s2 += v * d2[q]
+                    s3 += v * d3[q]
+                    s4 += v * d4[q]
+                    s5 += v * d5[q]
+                    s6 += v * d6[q]
+                    s7 += v * d7[q]
+                    s8 += v * d8[q]
+                s[0] += s0
+                s[1] += s1
+                s[2] += s2
+                s[3] += s3
+                s[4] += s4
+                s[5] += s5
+                s[6] += s6
+                s[7] += s7
+                s[8] += s8
+            else:
+                for u in range(0, k3, 3):
+                    d0 = dp[off[u] : off[u] + m]
+                    d1 = dp[off[u + 1] : off[u + 1] + m]
+                    d2 = dp[off[u + 2] : off[u + 2] + m]
+                    s0 = s1 = s2 = zero
+                    for q in range(m):
+                        v = xq[q]
+                        s0 += v * d0[q]
+                        s1 += v * d1[q]
+                        s2 += v * d2[q]
+                    s[u] += s0
+                    s[u + 1] += s1
+                    s[u + 2] += s2
+                for u in range(k3, kk):
+                    d0 = dp[off[u] : off[u] + m]
+                    s0 = zero
+                    for q in range(m):
+                        s0 += xq[q] * d0[q]
+                    s[u] += s0
+            src = dout[n, c].reshape(oh_n * ow_n)
+            sn = zero
+            for q in range(oh_n * ow_n):
+                sn += src[q]
+            sb += sn
+        for u in range(kk):
+            dwt[c, kk - 1 - u] = s[u]
+        db[c] = sb
+
+
+# ----------------------------------------------------------------------------------------------
 # Depthwise direct convolution, NHWC (Cg == 1, any multiplier M = Fg): vectors along (ow, c)
 # ----------------------------------------------------------------------------------------------
 # Rows of x are copied zero-padded and split by column phase, xq[r, rw, v*C + c] = xpad[r, v*sw + rw, c]

@@ -38,6 +38,11 @@ CHUNK_BYTES = 16 << 20
 # Images with fewer output pixels than this go through one GEMM per chunk of images (wide layout)
 # instead of one GEMM per image, which is too thin for BLAS.
 WIDE_MAX_P = 256
+# NCHW im2col + GEMM convolutions with at least this many input channels run on NHWC copies of their
+# arrays: the NHWC im2col copies runs of C contiguous values per tap, where the NCHW one copies rows of
+# OW (strided by the stride), and the NHWC GEMM's output is y itself; with the copies' cost counted
+# this measured faster on S3, S6 and the transposed layer X1 (BENCHMARKS.md, "The conv family").
+NHWC_GEMM_MIN_C = 16
 
 _im2col_planes = runtime.Announced(kernels.im2col_planes)
 _col2im_planes = runtime.Announced(kernels.col2im_planes)
@@ -74,6 +79,21 @@ def col2im(
     dx = np.empty(x_shape, dtype=col.dtype)
     _col2im_planes(n * c, planes, 0, dx, False, kh, kw, *stride, pad[0], pad[2], *dilation, oh, ow)
     return dx
+
+
+NHWC, NCHW = (0, 2, 3, 1), (0, 3, 1, 2)  # the transposes from NCHW and from NHWC
+
+
+def _copy_images(lo: int, hi: int, src: np.ndarray, out: np.ndarray, axes: tuple[int, ...]) -> None:
+    np.copyto(out[lo:hi], src[lo:hi].transpose(axes))  # out[n] = src[n] transposed (NumPy drops the GIL)
+
+
+def _relayout(a: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """``a`` (N, ., ., .) transposed by ``axes`` into a fresh C-contiguous array, images shared among
+    the threads (one NumPy copy would run on one core)."""
+    out = np.empty(tuple(a.shape[i] for i in axes), dtype=a.dtype)
+    runtime.parallel_for(_copy_images, a.shape[0], a, out, axes)
+    return out
 
 
 def _chunk(n: int, per_image: int) -> int:
@@ -203,6 +223,8 @@ def conv2d_forward(
         return winograd.forward(x, W, b, pad, m=winograd.TILE[algorithm])
     if algorithm == "direct":
         return _direct().forward(x, W, b, stride, pad, dilation)
+    if x.shape[1] >= NHWC_GEMM_MIN_C:
+        return _relayout(_nhwc_forward(_relayout(x, NHWC), W, b, stride, pad, dilation), NCHW)
     return _gemm_forward(x, W, b, stride, pad, dilation)
 
 
@@ -244,6 +266,11 @@ def conv2d_backward(
         _, dW, db = _gemm_backward(dout, x, W, stride, pad, dilation, need_dx=False)
         dx = _direct().backward_dx(dout, W, x.shape, stride, pad, dilation) if need_dx else None
         return dx, dW, db
+    if x.shape[1] >= NHWC_GEMM_MIN_C:
+        dx, dW, db = _nhwc_backward(
+            _relayout(dout, NHWC), _relayout(x, NHWC), W, stride, pad, dilation, need_dx
+        )
+        return (None if dx is None else _relayout(dx, NCHW)), dW, db
     return _gemm_backward(dout, x, W, stride, pad, dilation, need_dx)
 
 
@@ -273,9 +300,8 @@ def conv2d_backward_data(
     if layout == "NHWC":
         return _nhwc_dx(dout, W, x_shape, stride, pad, dilation)
     if path == "nhwc":
-        d = _direct()
         n, c, h, w = x_shape
-        return d._to_nchw(_nhwc_dx(d._to_nhwc(dout), W, (n, h, w, c), stride, pad, dilation))
+        return _relayout(_nhwc_dx(_relayout(dout, NHWC), W, (n, h, w, c), stride, pad, dilation), NCHW)
     return _gemm_dx(dout, W, x_shape, stride, pad, dilation)
 
 

@@ -891,18 +891,26 @@ def avgpool2d_backward(
     return dx
 
 
-def warmup_kernels(dtype: str | np.dtype) -> None:
-    """Run every pooling kernel once on a tiny input of ``dtype`` (compiles it or loads it from the
-    cache): max and average pooling, forward and backward, both layouts, with and without NaN,
-    and the global average pool."""
+def warmup_kernels(
+    dtype: str | np.dtype,
+    layouts: tuple[str, ...] = ("NCHW", "NHWC"),
+    *,
+    maximum: bool = True,
+    average: bool = True,
+) -> None:
+    """Run the pooling kernels of ``layouts`` once on a tiny input of ``dtype`` (compiles them or
+    loads them from the cache): max pooling forward (with and without NaN) and backward, and average
+    pooling forward and backward, windowed and global."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 3, 5, 5)).astype(dtype)
     one, two, pad = (1, 1), (2, 2), (0, 1, 0, 1)
-    for layout in ("NCHW", "NHWC"):
+    for layout in layouts:
         xl = x if layout == "NCHW" else np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-        for xs in (xl, np.where(xl > 1, np.nan, xl).astype(dtype)):
-            y, am = maxpool2d_forward(xs, 2, 2, two, pad, one, (3, 3), layout)
-        maxpool2d_backward(y, am, xl.shape, 2, 2, two, pad, one, layout)
-        for k, s, p, out in ((2, two, pad, (3, 3)), (5, (5, 5), (0, 0, 0, 0), (1, 1))):
-            y = avgpool2d_forward(xl, k, k, s, p, out, True, layout)
-            avgpool2d_backward(y, xl.shape, k, k, s, p, True, layout)
+        if maximum:
+            for xs in (xl, np.where(xl > 1, np.nan, xl).astype(dtype)):
+                y, am = maxpool2d_forward(xs, 2, 2, two, pad, one, (3, 3), layout)
+            maxpool2d_backward(y, am, xl.shape, 2, 2, two, pad, one, layout)
+        if average:
+            for k, s, p, out in ((2, two, pad, (3, 3)), (5, (5, 5), (0, 0, 0, 0), (1, 1))):
+                y = avgpool2d_forward(xl, k, k, s, p, out, True, layout)
+                avgpool2d_backward(y, xl.shape, k, k, s, p, True, layout)
