@@ -127,3 +127,30 @@ def test_keras_epoch_script_times_both_sides_on_real_mnist():
     out = _run("keras_epoch.py", *args).stdout
     assert "| side | s per epoch (median) | ratio (median) |" in out
     assert "| fastconv " in out and "| Keras " in out and "`python benchmarks/keras_epoch.py --data" in out
+
+
+def test_nhwc_route_script_compares_both_variants():
+    pytest.importorskip("numba")
+    out = _run("nhwc_route.py", "--rounds", "1", "--threads", "1", "--shapes", "S3").stdout
+    assert "S3 nhwc copies" in out and "S3 nchw" in out and "backward" in out
+
+
+def test_relu_masking_script_times_the_three_ways():
+    out = _run("relu_masking.py").stdout
+    assert "np.where" in out and "boolean-index" in out and "bit arithmetic" in out
+
+
+def test_pooling_script_times_a_case_against_torch():
+    pytest.importorskip("numba")
+    pytest.importorskip("torch")
+    out = _run("pooling_vs_torch.py", "--cases", "A1", "--repeat", "1", "--threads", "1").stdout
+    assert "A1" in out
+
+
+def test_conv_family_script_times_a_depthwise_case_against_torch():
+    pytest.importorskip("numba")
+    pytest.importorskip("torch")
+    out = _run(
+        "conv_family_vs_torch.py", "--only", "depthwise 3x3 s1", "--repeat", "1", "--threads", "1"
+    ).stdout
+    assert "depthwise 3x3 s1" in out and "torch nchw" in out
