@@ -423,9 +423,8 @@ def _transposed_args(
             f"channel mismatch: x has {c} channels (shape {tuple(x.shape)}, layout {lay!r}) but W "
             f"{tuple(W.shape)} expects {W.shape[0]}; a transposed convolution's W is (C_in, C_out // groups, kh, kw)"
         )
-    g = _groups(
-        groups, c, W.shape[1] * positive_int(groups, "groups"), f"x {tuple(x.shape)} and W {tuple(W.shape)}"
-    )
+    g = positive_int(groups, "groups")
+    _groups(g, c, W.shape[1] * g, f"x {tuple(x.shape)} and W {tuple(W.shape)}")
     s = pair(stride, "stride", minimum=1)
     d = pair(dilation, "dilation", minimum=1)
     if isinstance(pad, str) and pad == "same":

@@ -348,12 +348,12 @@ def _nhwc_weights(W: np.ndarray, groups: int, ow: int, dtype: np.dtype) -> np.nd
     return np.ascontiguousarray(np.tile(w3, (1, 1, ow)))
 
 
-def _to_nchw(a: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(a.transpose(0, 3, 1, 2))
+def _relayout_nchw(a: np.ndarray) -> np.ndarray:
+    return ops._relayout(a, ops.NCHW)  # NHWC -> NCHW, images shared among the threads
 
 
-def _to_nhwc(a: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(a.transpose(0, 2, 3, 1))
+def _relayout_nhwc(a: np.ndarray) -> np.ndarray:
+    return ops._relayout(a, ops.NHWC)  # NCHW -> NHWC
 
 
 def _bias(b: np.ndarray | None, f: int, dtype: np.dtype) -> np.ndarray:
@@ -381,7 +381,7 @@ def grouped_forward(
     x = np.ascontiguousarray(x)
     f, cg, kh, kw = W.shape
     if layout == "NHWC" and cg != 1:
-        return _to_nhwc(grouped_forward(_to_nchw(x), W, b, stride, pad, dilation, groups, "NCHW"))
+        return _relayout_nhwc(grouped_forward(_relayout_nchw(x), W, b, stride, pad, dilation, groups, "NCHW"))
     hw = x.shape[1:3] if layout == "NHWC" else x.shape[2:]
     oh, ow = conv_output_size(hw, (kh, kw), stride, pad, dilation)
     n = x.shape[0]
@@ -421,7 +421,9 @@ def grouped_dx(
     top, left = pad[0], pad[2]
     if layout == "NHWC" and cg != 1:
         n, h, w, c = x_shape
-        return _to_nhwc(grouped_dx(_to_nchw(dout), W, (n, c, h, w), stride, pad, dilation, groups, "NCHW"))
+        return _relayout_nhwc(
+            grouped_dx(_relayout_nchw(dout), W, (n, c, h, w), stride, pad, dilation, groups, "NCHW")
+        )
     dx = np.empty(x_shape, dtype=dout.dtype)
     if layout == "NHWC":
         wq = _nhwc_weights(W, groups, dout.shape[2], dout.dtype)
@@ -459,9 +461,9 @@ def grouped_backward(
     top, left = pad[0], pad[2]
     if layout == "NHWC" and cg != 1:
         dx, dW, db = grouped_backward(
-            _to_nchw(dout), _to_nchw(x), W, stride, pad, dilation, groups, "NCHW", need_dx
+            _relayout_nchw(dout), _relayout_nchw(x), W, stride, pad, dilation, groups, "NCHW", need_dx
         )
-        return (_to_nhwc(dx) if dx is not None else None), dW, db
+        return (_relayout_nhwc(dx) if dx is not None else None), dW, db
     if layout == "NCHW" and _flat(W, groups, stride):
         dx = np.empty(x.shape, dtype=x.dtype) if need_dx else np.empty((1, 1, 1, 1), dtype=x.dtype)
         dwt = np.empty((f, kh * kw), dtype=x.dtype)

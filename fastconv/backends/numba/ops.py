@@ -29,8 +29,9 @@ from typing import Any
 import numpy as np
 
 from fastconv._config import settings
-from fastconv._shapes import Pad4, Pair, as_pad4, conv_output_size
+from fastconv._shapes import Pad4, Pair, as_pad4, conv_output_size, layout_name
 from fastconv.backends.numba import kernels, runtime, winograd
+from fastconv.backends.numba.algorithms import choose_backward_data
 
 # Column bytes per chunk of images: big enough for large GEMMs, small enough that the columns stay in
 # L3 between im2col and the GEMM (benchmarks/numba_chunk_bytes.py measures the choice).
@@ -185,11 +186,6 @@ def _pad4(pad: Pad4 | Pair) -> Pad4:
     return (int(top), int(bottom), int(left), int(right))
 
 
-def _check_layout(layout: str) -> None:
-    if layout not in ("NCHW", "NHWC"):
-        raise ValueError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
-
-
 def conv2d_forward(
     x: np.ndarray,
     W: np.ndarray,
@@ -208,7 +204,7 @@ def conv2d_forward(
     NHWC through NCHW copies). groups > 1: "direct" the grouped direct kernels, anything else one
     GEMM convolution per group.
     """
-    _check_layout(layout)
+    layout_name(layout)
     pad = _pad4(pad)
     if groups > 1:
         if algorithm == "direct":
@@ -217,8 +213,8 @@ def conv2d_forward(
     if layout == "NHWC":
         if algorithm == "gemm":
             return _nhwc_forward(x, W, b, stride, pad, dilation)
-        d = _direct()
-        return d._to_nhwc(conv2d_forward(d._to_nchw(x), W, b, stride, pad, dilation, algorithm=algorithm))
+        y = conv2d_forward(_relayout(x, NCHW), W, b, stride, pad, dilation, algorithm=algorithm)
+        return _relayout(y, NHWC)
     if algorithm in winograd.TILE:
         return winograd.forward(x, W, b, pad, m=winograd.TILE[algorithm])
     if algorithm == "direct":
@@ -246,7 +242,7 @@ def conv2d_backward(
     Algorithms as in :func:`conv2d_forward`; groups == 1 NCHW "direct": dx by
     :func:`.direct.backward_dx` (no col2im), dW and db as "gemm".
     """
-    _check_layout(layout)
+    layout_name(layout)
     pad = _pad4(pad)
     if groups > 1:
         if algorithm == "direct":
@@ -255,11 +251,17 @@ def conv2d_backward(
     if layout == "NHWC":
         if algorithm == "gemm":
             return _nhwc_backward(dout, x, W, stride, pad, dilation, need_dx)
-        d = _direct()
         dx, dW, db = conv2d_backward(
-            d._to_nchw(dout), d._to_nchw(x), W, stride, pad, dilation, need_dx=need_dx, algorithm=algorithm
+            _relayout(dout, NCHW),
+            _relayout(x, NCHW),
+            W,
+            stride,
+            pad,
+            dilation,
+            need_dx=need_dx,
+            algorithm=algorithm,
         )
-        return (d._to_nhwc(dx) if dx is not None else None), dW, db
+        return (None if dx is None else _relayout(dx, NHWC)), dW, db
     if algorithm in winograd.TILE:
         return winograd.backward(dout, x, W, pad, need_dx=need_dx, m=winograd.TILE[algorithm])
     if algorithm == "direct":
@@ -286,9 +288,7 @@ def conv2d_backward_data(
 ) -> np.ndarray:
     """dx alone (no x): the adjoint of :func:`conv2d_forward` in x, x_shape in the layout's order (the
     forward of a transposed convolution). The path is :func:`.algorithms.choose_backward_data`'s."""
-    from fastconv.backends.numba.algorithms import choose_backward_data
-
-    _check_layout(layout)
+    layout_name(layout)
     pad = _pad4(pad)
     x_shape = (int(x_shape[0]), int(x_shape[1]), int(x_shape[2]), int(x_shape[3]))
     dout = np.ascontiguousarray(dout)
