@@ -154,3 +154,10 @@ def test_conv_family_script_times_a_depthwise_case_against_torch():
         "conv_family_vs_torch.py", "--only", "depthwise 3x3 s1", "--repeat", "1", "--threads", "1"
     ).stdout
     assert "depthwise 3x3 s1" in out and "torch nchw" in out
+
+
+def test_direct_few_channels_script_times_both_algorithms():
+    pytest.importorskip("numba")
+    out = _run("direct_few_channels.py", "--quick").stdout
+    assert "| gemm | direct | auto picks |" in out
+    assert out.count("| (2, 3,") == 2

@@ -21,6 +21,12 @@ NAMES = ("gemm", "winograd", "winograd2", "direct")
 
 # "direct" forward wins while C_in*kh*kw is at most this (S1: 25, S2: 9): the GEMM's K is too thin for BLAS.
 DIRECT_MAX_TAPS = 32
+# ... and for larger kernels over few input channels with few filters at stride 1, where the GEMM's M (F)
+# is thin too: CS231n's 7x7 3->32 on 32x32 1.57x, 5x5 3->32 1.58x, 5x5 6->16 (LeNet's second) 2.6x,
+# 3x3 8->32 1.16x faster than "gemm"; with 64 filters, or stride 2 and 4, the two tie (median of 15
+# interleaved runs each, 2 threads, float32; benchmarks/compat_cs231n.py is the end-to-end figure).
+DIRECT_MAX_C = 8
+DIRECT_MAX_F = 32
 # Winograd F(4x4,3x3) wins for 3x3 stride-1 layers with at least this many output pixels per image and
 # input channels (S4 32x32 and S5 28x28 win by 1.2-1.7x over gemm, both dtypes, forward and backward);
 # on S3 (11x11 outputs) the tile waste and the transforms' fixed costs make it 2-3x slower than gemm.
@@ -70,7 +76,7 @@ def choose_algorithm(
     """The algorithm "auto" runs (measured rules, see the constants above).
 
     groups > 1: "direct" while Cg*kh*kw <= GROUP_DIRECT_MAX_TAPS, else "gemm". groups == 1: forward
-    "direct" for few taps (NCHW only), else "winograd" for big-enough 3x3 stride-1 layers with a
+    "direct" for few taps, or few channels and filters at stride 1 (NCHW only), else "winograd" for big-enough 3x3 stride-1 layers with a
     symmetric padding (in NHWC too: its two NCHW copies cost far less than Winograd saves over the
     GEMM), else "gemm" (in NHWC the native NHWC GEMM); backward "winograd" where the forward would take it, else "gemm"
     (the col2im-free dx of "direct" ties "gemm" at best, see fastconv/backends/numba/direct.py).
@@ -79,7 +85,10 @@ def choose_algorithm(
     if groups > 1:
         return "direct" if cg * kh * kw <= GROUP_DIRECT_MAX_TAPS else "gemm"
     nhwc = layout == "NHWC"
-    if direction == "forward" and cg * kh * kw <= DIRECT_MAX_TAPS and not nhwc:
+    thin = cg * kh * kw <= DIRECT_MAX_TAPS or (
+        cg <= DIRECT_MAX_C and f <= DIRECT_MAX_F and tuple(stride) == (1, 1)
+    )
+    if direction == "forward" and thin and not nhwc:
         return "direct"
     h, w = (x_shape[1], x_shape[2]) if nhwc else (x_shape[2], x_shape[3])
     top, bottom, left, right = pad

@@ -13,7 +13,9 @@
 * :mod:`fastconv.train.keras.layers`: the layers (Conv2D, DepthwiseConv2D, SeparableConv2D, Conv2DTranspose,
   MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D, Flatten, Dense, Dropout, Activation);
 * :mod:`fastconv.train.keras.model`: :class:`Sequential`, :class:`History`, :func:`mnist_cnn` and the data
-  layout rules (``data_format``: channels-last by default, computed channels-last throughout).
+  layout rules (``data_format``: channels-last by default, computed channels-last throughout);
+* :mod:`fastconv.train.keras.saving`: Keras 3 files, ``.weights.h5`` and ``.keras``, both ways
+  (``load_weights`` / ``save_weights`` / ``save`` / :func:`load_model`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from fastconv.train.keras.layers import (
     SeparableConv2D,
 )
 from fastconv.train.keras.model import KERAS_OPTIMIZER_DEFAULTS, LOSSES, History, Sequential, mnist_cnn
+from fastconv.train.keras.saving import load_model
 
 __all__ = [
     "ACTIVATIONS",
@@ -53,5 +56,6 @@ __all__ = [
     "MaxPooling2D",
     "SeparableConv2D",
     "Sequential",
+    "load_model",
     "mnist_cnn",
 ]

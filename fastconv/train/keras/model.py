@@ -29,6 +29,7 @@ from fastconv import losses
 from fastconv._arrays import array_module, to_host
 from fastconv.train import loop
 from fastconv.train._io import check_arrays, load_npz, save_npz_atomic
+from fastconv.train.keras import saving
 from fastconv.train.keras.layers import (
     DATA_FORMATS,
     Conv2D,
@@ -498,7 +499,23 @@ class Sequential:
         self._ensure_built()
         save_npz_atomic(file_name, {**self.params, WEIGHTS_FORMAT: np.array(2)})
 
-    save_weights = save_params
+    def save_weights(self, file_name: str | os.PathLike[str] = "params.npz") -> None:
+        """Write the weights: a Keras 3 weights file for ``.weights.h5`` / ``.h5`` (Keras'
+        ``model.load_weights`` reads it), a ``.keras`` file (with the architecture) for ``.keras``, else
+        fastconv's ``.npz`` (:meth:`save_params`)."""
+        if str(file_name).lower().endswith(".keras"):
+            self.save(file_name)
+        elif saving.is_keras_file(file_name):
+            saving.save_weights_h5(self, file_name)
+        else:
+            self.save_params(file_name)
+
+    def save(self, file_name: str | os.PathLike[str]) -> None:
+        """Write a ``.keras`` file, architecture and weights (no optimizer state), as Keras 3's
+        ``model.save``: ``keras.models.load_model`` and :func:`fastconv.train.keras.load_model` read it."""
+        if not str(file_name).lower().endswith(".keras"):
+            raise ValueError(f"save writes .keras files, got {str(file_name)!r} (weights: save_weights)")
+        saving.save_keras(self, file_name)
 
     def load_params(self, file_name: str | os.PathLike[str] = "params.npz") -> None:
         """Read weights written by :meth:`save_params` (``allow_pickle=False``; names and shapes must match)."""
@@ -513,7 +530,13 @@ class Sequential:
         check_arrays(file_name, loaded, {k: tuple(v.shape) for k, v in self.params.items()})
         self.set_weights([loaded[k] for k in self.params])
 
-    load_weights = load_params
+    def load_weights(self, file_name: str | os.PathLike[str] = "params.npz") -> None:
+        """Read weights: written by Keras 3 (``.weights.h5``, or a ``.keras`` file's) for a model of the
+        same layer types in the same order, else fastconv's ``.npz`` (:meth:`load_params`)."""
+        if saving.is_keras_file(file_name):
+            saving.load_keras_weights(self, file_name)
+        else:
+            self.load_params(file_name)
 
     def _flattens_channels_last(self) -> bool:
         """Whether the model flattens channels_last images (where fastconv before 0.2 flattened in another
