@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,9 @@ import fastconv
 
 try:
     from fastconv.compat import dezero as fdz
-except ImportError as error:  # DeZero not installed: the whole file skips, saying why
+except ImportError as error:  # DeZero not installed: the whole file skips, saying why (fails under CI,
+    if os.environ.get("CI"):  # whose test extra installs DeZero)
+        raise
     pytest.skip(f"DeZero cannot be imported: {error}", allow_module_level=True)
 
 import dezero  # noqa: E402  (already imported by fdz, through its NumPy 2 shim)

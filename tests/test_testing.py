@@ -678,6 +678,7 @@ def test_reference_conv_transpose2d_with_asymmetric_pads_is_backward_data(g, see
         ref.conv_transpose2d_output_size(conv_out[2], kh, sh, top, bottom, op[0], dh),
         ref.conv_transpose2d_output_size(conv_out[3], kw, sw, left, right, op[1], dw),
     )
+    assume(min(y_shape[2:]) >= 1)  # padding that crops the whole output: fastconv refuses such a layer
     got = ref.conv_transpose2d(x, W, None, g["s"], g["pad"], op, g["d"], g["groups"])
     assert got.shape == y_shape
     inner = (top, bottom - op[0], left, right - op[1])

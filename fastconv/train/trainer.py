@@ -8,6 +8,15 @@ first removes the temporaries that killed runs left in ``--out``. The epochs run
 :func:`fastconv.train.loop.train`, as ``Sequential.fit`` does.
 
 Errors (bad options, missing or damaged files) are one line, ``fastconv train: error: ...``, exit status 2.
+
+Data-parallel over MPI (``pip install 'fastconv[mpi]'``): ``mpiexec -n 4 fastconv train ...`` trains
+one replica per rank on its slice of each global batch of ``--batch-size`` samples
+(:mod:`fastconv.distributed`); the model equals a one-process run's with the same seed and batch size
+up to rounding. Rank 0 alone prints, writes the files and reads ``--resume``'s checkpoint (its state is
+broadcast); an error on any rank ends every rank (``MPI_Abort``). ``--scale-lr`` multiplies the
+learning rate by the number of ranks; ``--sync-bn-stats`` averages BatchNorm running statistics over
+the ranks after every epoch (local by default). The distributed options refuse a process that no MPI
+launcher started, saying how to launch.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import csv
 import importlib.util
 import io
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -64,8 +74,22 @@ DEFAULTS = {  # (model, dataset) -> epochs, batch size, optimizer, its learning 
 }
 MODEL_NAMES = {"simple": "SimpleConvNet", "keras": "Keras-style CNN", "separable": "SeparableConvNet"}
 HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds")
-# Config entries that must match to resume (epochs may grow).
-RESUME_KEYS = ("model", "dataset", "batch_size", "optimizer", "lr", "seed", "dtype", "n_train", "n_test")
+# Config entries that must match to resume (epochs may grow), and the value of those that checkpoints of
+# earlier versions lack.
+RESUME_KEYS = (
+    "model",
+    "dataset",
+    "batch_size",
+    "optimizer",
+    "lr",
+    "seed",
+    "dtype",
+    "n_train",
+    "n_test",
+    "drop_last",
+    "scale_lr",
+)
+RESUME_DEFAULTS = {"drop_last": False, "scale_lr": False}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,6 +162,35 @@ def build_parser() -> argparse.ArgumentParser:
         "leave them as they are). Fewer threads than cores helps when other jobs share the machine: "
         "threaded BLAS waits for its slowest thread",
     )
+    p.add_argument(
+        "--drop-last",
+        action="store_true",
+        help="skip the last mini-batch of each epoch when it is short (default: train on it, its gradient "
+        "the mean over its samples)",
+    )
+    dist = p.add_argument_group(
+        "data-parallel training over MPI",
+        "Launch with `mpiexec -n 4 fastconv train ...` (pip install 'fastconv[mpi]'): every rank trains "
+        "on its slice of each global batch of --batch-size samples; rank 0 prints and writes the files.",
+    )
+    dist.add_argument(
+        "--distributed",
+        choices=("auto", "mpi"),
+        default="auto",
+        help="auto (default): data-parallel when mpiexec started more than one process; mpi: insist on "
+        "it (an error when not launched by mpiexec)",
+    )
+    dist.add_argument(
+        "--scale-lr",
+        action="store_true",
+        help="multiply the learning rate by the number of ranks (the linear scaling rule; off by default "
+        "since the global batch stays --batch-size)",
+    )
+    dist.add_argument(
+        "--sync-bn-stats",
+        action="store_true",
+        help="average BatchNorm running statistics over the ranks after every epoch (default: local)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--no-plots", action="store_true", help="skip the PNGs (history.csv and model.npz are still written)"
@@ -159,6 +212,8 @@ def _config(args: argparse.Namespace, ds: Any) -> dict[str, Any]:
         "dtype": args.dtype,
         "n_train": int(len(ds.x_train)),
         "n_test": int(len(ds.x_test)),
+        "drop_last": bool(getattr(args, "drop_last", False)),
+        "scale_lr": bool(getattr(args, "scale_lr", False)),
     }
     if cfg["epochs"] < 1:
         raise ValueError(f"--epochs must be at least 1, got {cfg['epochs']}")
@@ -166,6 +221,11 @@ def _config(args: argparse.Namespace, ds: Any) -> dict[str, Any]:
         raise ValueError(f"--batch-size must be at least 1, got {cfg['batch_size']}")
     if not cfg["lr"] > 0:
         raise ValueError(f"--lr must be positive, got {cfg['lr']}")
+    if cfg["drop_last"] and cfg["batch_size"] > cfg["n_train"]:
+        raise ValueError(
+            f"--drop-last with --batch-size {cfg['batch_size']} and {cfg['n_train']} training images leaves "
+            "nothing to train on"
+        )
     return cfg
 
 
@@ -366,11 +426,22 @@ def _compile_ahead(backend: str | None, dtype: str, model: str) -> Callable[[], 
     return nb.compile_ahead((dtype,), units=units)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Train as the parsed ``args`` say; returns a summary dict (final accuracy, times, paths)."""
+def _quiet(*args: Any, **kwargs: Any) -> None:
+    """``print`` on the ranks other than 0."""
+
+
+def run(args: argparse.Namespace, communicator: Any = None) -> dict[str, Any]:
+    """Train as the parsed ``args`` say; returns a summary dict (final accuracy, times, paths).
+
+    ``communicator`` (:mod:`fastconv.distributed`; one process when None): every rank runs this; rank 0
+    alone prints, writes to ``--out`` and reads the checkpoint."""
     import fastconv
+    from fastconv.distributed import SingleProcessCommunicator
     from fastconv.train.data import load_digits_dataset, load_mnist_dataset
 
+    comm = communicator if communicator is not None else SingleProcessCommunicator()
+    root = comm.is_root
+    say = print if root else _quiet
     t_start = time.perf_counter()
     # Fail before training, not after.
     if not args.no_plots and importlib.util.find_spec("matplotlib") is None:
@@ -379,22 +450,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
     if args.dataset == "digits" and args.data is not None:
         raise ValueError("--data is for --dataset mnist")
-    kernels_ready = _compile_ahead(args.backend, args.dtype, args.model)
+    # Rank 0 compiles (or downloads) while the others wait without spinning, then they use its cache.
+    kernels_ready = _compile_ahead(args.backend, args.dtype, args.model) if root else (lambda: None)
     if args.dataset == "digits":
         ds = load_digits_dataset()
     else:
+        if not root:
+            comm.idle_barrier()
         ds = load_mnist_dataset(args.data, download=True if args.download else None)
-    print(ds.note, flush=True)
+        if root:
+            comm.idle_barrier()
+    say(ds.note, flush=True)
     cfg = _config(args, ds)
     dtype = np.dtype(cfg["dtype"])
     x_train, t_train = ds.x_train.astype(dtype, copy=False), ds.t_train
     x_test, t_test = ds.x_test.astype(dtype, copy=False), ds.t_test
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stale = remove_stale_temporaries(out, OUTPUTS)
-    if stale:
-        print(f"removed {len(stale)} temporary file(s) that a killed run left in {out}", flush=True)
+    if root:
+        out.mkdir(parents=True, exist_ok=True)
+        stale = remove_stale_temporaries(out, OUTPUTS)
+        if stale:
+            print(f"removed {len(stale)} temporary file(s) that a killed run left in {out}", flush=True)
     ckpt_path = out / CHECKPOINT
+    lr_factor = comm.size if cfg["scale_lr"] else 1
 
     with fastconv.use_backend(args.backend) if args.backend else contextlib.nullcontext():
         backend = fastconv.get_backend()
@@ -404,7 +482,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         optimizer = make_optimizer(cfg["optimizer"], cfg["lr"], **_hyper(cfg))
         history: list[dict[str, float]] = []
         start_epoch = 0
-        if args.resume:
+        if args.resume and root:
             if not ckpt_path.is_file():
                 raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
             meta, params, slots = load_checkpoint(ckpt_path)
@@ -414,6 +492,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     f"--resume: {ckpt_path} was written by fastconv before 0.2, whose Keras-style model "
                     "flattened in another order; start afresh (without --resume)"
                 )
+            old = {**RESUME_DEFAULTS, **old}
             diff = {k: (old.get(k), cfg[k]) for k in RESUME_KEYS if old.get(k) != cfg[k]}
             if diff:
                 raise ValueError(
@@ -422,25 +501,44 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
             history, start_epoch = _restore(ckpt_path, meta, params, slots, model, optimizer, rng)
             print(f"resuming from {ckpt_path} after epoch {start_epoch}", flush=True)
-        elif ckpt_path.is_file():
+        elif root and ckpt_path.is_file():
             print(
                 f"note: starting afresh; {ckpt_path} will be overwritten (--resume continues from it)",
                 flush=True,
             )
+        if comm.size > 1:
+            # The other ranks wait, without spinning, for the kernels rank 0 compiles, then load them from
+            # its cache; then rank 0's model, optimizer state and history (restored, or as initialised)
+            # go to every rank.
+            kernels_ready()
+            kernels_ready = lambda: None  # noqa: E731
+            comm.idle_barrier()
+            history, start_epoch = comm.bcast_object((history, start_epoch))
+            comm.bcast_params(model.params)
+            comm.bcast_optimizer(optimizer, model.params)
+        # The checkpoint holds the rate in effect; the rate follows the ranks of this run.
+        optimizer.lr = cfg["lr"] * lr_factor
 
         def to_dev(a: np.ndarray) -> Any:
             return fastconv.to_device(np.ascontiguousarray(a), backend)
 
         bs = cfg["batch_size"]
-        print(
+        ranks = ""
+        if comm.size > 1:
+            threads = fastconv.get_config()["threads"]
+            each = f", {threads} thread(s) each" if threads else ""
+            ranks = f", {comm.size} ranks (data-parallel over MPI, {bs} images per step in all{each})"
+            if cfg["scale_lr"]:
+                ranks += f", lr scaled by {comm.size} to {optimizer.lr:g}"
+        say(
             f"model {cfg['model']} ({sum(int(np.prod(p.shape)) for p in model.params.values()):,} parameters), "
-            f"optimizer {optimizer!r}, batch {bs}, backend {backend}, {cfg['dtype']}",
+            f"optimizer {optimizer!r}, batch {bs}, backend {backend}, {cfg['dtype']}{ranks}",
             flush=True,
         )
         header = f"{'epoch':>5}  {'train loss':>10}  {'train acc':>9}  {'test loss':>9}  {'test acc':>8}  {'seconds':>7}"
-        print(header)
+        say(header)
         for row in history:
-            print(_row(row))
+            say(_row(row))
         preds = None
         kernels_ready()
         for result in loop.train(
@@ -456,6 +554,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             validation_batch_size=EVAL_BATCH,
             start_epoch=start_epoch,
             progress=not args.no_progress,
+            communicator=comm,
+            seed=cfg["seed"],
+            drop_last=cfg["drop_last"],
+            sync_batchnorm=bool(getattr(args, "sync_bn_stats", False)),
         ):
             row = {
                 "epoch": result.epoch,
@@ -467,17 +569,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             }
             history.append(row)
             preds = result.val_predictions
-            print(_row(row), flush=True)
-            save_checkpoint(ckpt_path, model, optimizer, rng, result.epoch, history, cfg)
-            _write_history(out / "history.csv", history)
+            say(_row(row), flush=True)
+            if root:
+                save_checkpoint(ckpt_path, model, optimizer, rng, result.epoch, history, cfg)
+                _write_history(out / "history.csv", history)
 
-        _write_history(out / "history.csv", history)
-        model.save_params(out / "model.npz")
+        if root:
+            _write_history(out / "history.csv", history)
+            model.save_params(out / "model.npz")
         if preds is None:  # resumed a finished run: nothing trained, evaluate it again
-            _, _, preds = loop.evaluate(model, x_test, t_test, EVAL_BATCH, place=to_dev)
+            _, _, preds = loop.evaluate(model, x_test, t_test, EVAL_BATCH, place=to_dev, communicator=comm)
         test_acc = history[-1]["test_acc"]
     written = ["history.csv", "model.npz", CHECKPOINT]
-    if not args.no_plots:
+    if not args.no_plots and root:
         from fastconv.train import plots
 
         name = MODEL_NAMES[cfg["model"]]
@@ -498,7 +602,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             written.insert(3, "filters.png")
     wall = time.perf_counter() - t_start
     train_seconds = [r["seconds"] for r in history]
-    print(
+    say(
         f"test accuracy {100 * test_acc:.2f}% on {len(x_test):,} test images; "
         f"{np.mean(train_seconds):.2f} s per epoch, {wall:.1f} s in all; wrote {out}/{{{', '.join(written)}}}",
         flush=True,
@@ -510,6 +614,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "out": out,
         "config": cfg,
         "backend": backend,
+        "ranks": comm.size,
     }
 
 
@@ -526,27 +631,82 @@ def _backend_error() -> type[Exception]:
     return BackendUnavailableError
 
 
+def _communicator(args: argparse.Namespace) -> Any:
+    """The communicator of this run: over MPI when an MPI launcher started more than one process (or
+    ``--distributed mpi`` asks for it), else one process. A distributed option in a process that no MPI
+    launcher started is an error saying how to launch."""
+    from fastconv import distributed
+
+    wanted = [
+        opt
+        for opt, on in (
+            ("--distributed mpi", args.distributed == "mpi"),
+            ("--scale-lr", args.scale_lr),
+            ("--sync-bn-stats", args.sync_bn_stats),
+        )
+        if on
+    ]
+    for opt in wanted:
+        distributed.require_mpi_launch(opt)
+    if not wanted and (distributed.launched_size() or 1) <= 1:
+        return distributed.SingleProcessCommunicator()
+    try:
+        return distributed.create_communicator("mpi")
+    except ImportError as exc:
+        raise ModuleNotFoundError(
+            f"launched by mpiexec with {distributed.launched_size() or 1} process(es), so training is "
+            f"data-parallel, which needs mpi4py: pip install 'fastconv[mpi]' ({one_line(exc)})"
+        ) from exc
+
+
+def _rank_threads(comm: Any) -> int:
+    """Threads per rank when the ranks of a node share its cores: the cores over the local ranks."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, comm.local_size))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``fastconv train``; returns the exit status (0, 2 for an error, 130 when interrupted)."""
+    """Entry point of ``fastconv train``; returns the exit status (0, 2 for an error, 130 when interrupted).
+
+    Under MPI with more than one rank an error ends every rank (``MPI_Abort`` with status 2) instead of
+    returning, since the other ranks would wait for this one forever."""
     args = build_parser().parse_args(argv)
+    comm = None
     try:
         if args.threads < 0:
             raise ValueError(
                 f"--threads must be 0 (leave the thread counts alone) or more, got {args.threads}"
             )
-        if args.threads > 0:
+        comm = _communicator(args)
+        threads_n = args.threads
+        if threads_n == 0 and comm.local_size > 1:
+            threads_n = _rank_threads(comm)  # ranks sharing a node share its cores
+        if threads_n > 0:
             import fastconv
 
-            threads: Any = fastconv.configure(threads=args.threads)  # the previous setting comes back on exit
+            threads: Any = fastconv.configure(threads=threads_n)  # the previous setting comes back on exit
         else:
             threads = contextlib.nullcontext()
         with threads:
-            run(args)
+            if comm.size > 1:
+                run(args, comm)
+            else:
+                run(args)  # one process: run makes its own single-process communicator
     except (FileNotFoundError, ValueError, OSError, ModuleNotFoundError, _backend_error()) as exc:
+        if comm is not None and comm.size > 1:
+            print(
+                f"fastconv train: error on rank {comm.rank} of {comm.size}: {one_line(exc)}", file=sys.stderr
+            )
+            comm.abort(2)
         print(f"fastconv train: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\nfastconv train: interrupted; resume with --resume --out {args.out}", file=sys.stderr)
+        if comm is not None and comm.size > 1:
+            comm.abort(130)
         return 130
     return 0
 

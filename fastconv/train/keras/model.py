@@ -437,11 +437,18 @@ class Sequential:
         verbose: int = 1,
         validation_data: tuple[Any, Any] | None = None,
         shuffle: bool = True,
+        *,
+        communicator: Any = None,
+        drop_last: bool = False,
     ) -> History:
         """Train with mini-batches of x (N, H, W, C) (or as :meth:`predict` takes it) against y (one-hot (N, K),
         or labels (N,) with the sparse loss); returns a History ('loss', 'accuracy', 'val_loss', 'val_accuracy').
 
-        verbose: 0 silent, 1 a progress bar per epoch, 2 one line per epoch."""
+        verbose: 0 silent, 1 a progress bar per epoch, 2 one line per epoch (rank 0's only under MPI).
+        communicator: data-parallel training (:func:`fastconv.distributed.create_communicator`, e.g. under
+        ``mpiexec -n 4``): every rank calls fit with the same data and trains on its slice of each global
+        batch of ``batch_size``; the history is global and the weights end identical on every rank.
+        drop_last: skip the last batch of an epoch when it is short."""
         if self.optimizer is None:
             raise RuntimeError("compile the model before fit")
         if batch_size < 1 or epochs < 0:
@@ -450,6 +457,13 @@ class Sequential:
         validation = None if validation_data is None else self._data(*validation_data)
         history = History()
         accuracy = bool(self.metrics)
+        root = communicator is None or communicator.is_root
+        if communicator is not None and communicator.size > 1:
+            # One dropout stream per rank: the same masks on every rank would tie their samples together.
+            draw = self.rng.integers(2**32, size=2).tolist()
+            for layer in self.layers:
+                if isinstance(layer, Dropout) and layer.rng is self.rng:
+                    layer.rng = np.random.default_rng([*draw, communicator.rank])
         for result in loop.train(
             self,
             self.optimizer,
@@ -462,8 +476,10 @@ class Sequential:
             validation=validation,
             validation_batch_size=max(batch_size, 256),
             accuracy=accuracy,
-            progress=verbose == 1,
+            progress=verbose == 1 and root,
             leave_progress=True,
+            communicator=communicator,
+            drop_last=drop_last,
         ):
             logs = {"loss": result.loss}
             if accuracy:
@@ -472,7 +488,7 @@ class Sequential:
                 logs["val_loss"] = result.val_loss
                 if accuracy:
                     logs["val_accuracy"] = result.val_accuracy
-            if verbose == 2:
+            if verbose == 2 and root:
                 print(
                     f"Epoch {result.epoch}/{epochs} - " + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())
                 )
