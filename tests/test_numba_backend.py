@@ -50,16 +50,21 @@ CASES = [
 ]
 
 
-def _run_in_fresh_python(code: str, drop: tuple[str, ...] = (), **env: str) -> str:
+def _fresh_python(code: str, drop: tuple[str, ...] = (), **env: str) -> subprocess.CompletedProcess[str]:
     """Run ``code`` in a new interpreter (fresh numba state), without the environment variables
-    ``drop`` and with ``env``, and return its stdout."""
+    ``drop`` and with ``env``; it must succeed."""
     kept = {k: v for k, v in os.environ.items() if k not in drop}
     full_env = {**kept, "PYTHONPATH": str(ROOT), **env}
     done = subprocess.run(
         [sys.executable, "-c", code], env=full_env, capture_output=True, text=True, timeout=600, cwd=ROOT
     )
     assert done.returncode == 0, done.stderr
-    return done.stdout
+    return done
+
+
+def _run_in_fresh_python(code: str, drop: tuple[str, ...] = (), **env: str) -> str:
+    """:func:`_fresh_python`'s stdout."""
+    return _fresh_python(code, drop, **env).stdout
 
 
 def _pytest_without_jit(*args: str) -> None:
@@ -420,12 +425,14 @@ def test_cold_warmup_fills_an_empty_cache_that_a_fresh_process_then_loads(tmp_pa
             "winograd.tile_transform", "winograd.untile", "direct.direct_conv",
         )
     }  # fmt: skip
-    was_cold, cold_after, stats = json.loads(_run_in_fresh_python(code, NUMBA_CACHE_DIR=str(tmp_path)))
-    assert was_cold and not cold_after
+    done = _fresh_python(code, NUMBA_CACHE_DIR=str(tmp_path))
+    was_cold, cold_after, stats = json.loads(done.stdout)
+    assert was_cold and not cold_after, done.stderr
     assert must <= set(stats), sorted(must - set(stats))
     # float32 and float64, compiled or loaded
     assert all(hits + misses >= 2 for hits, misses in stats.values()), stats
-    assert any(hits for hits, _ in stats.values()), stats  # some came from the child
+    # some came from the child (whose failure warmup reports on stderr)
+    assert any(hits for hits, _ in stats.values()), (stats, done.stderr)
     warm = json.loads(_run_in_fresh_python(code, NUMBA_CACHE_DIR=str(tmp_path)))
     assert not warm[0] and all(misses == 0 and hits >= 2 for hits, misses in warm[2].values()), warm
 
@@ -493,3 +500,14 @@ def test_every_kernel_caches_in_fastconvs_directory_and_numbas_setting_is_left_a
     assert after == before
     assert count >= 7 and paths and all(p.startswith(ours) for p in paths), (ours, paths)
     assert ours.startswith(str(tmp_path))
+
+
+def test_compile_ahead_reports_a_child_that_failed(monkeypatch, capsys):
+    """A child that could not compile its share is said on stderr (its kernels then compile on first use)."""
+    nb = pytest.importorskip("fastconv.backends.numba")
+    monkeypatch.setattr(nb, "cache_is_cold", lambda: True)
+    monkeypatch.setattr(nb, "_compile", lambda units, dtypes: None)  # this process's share: not the point
+    monkeypatch.setattr(sys, "executable", "/bin/false")  # the child: a process that exits with status 1
+    nb.compile_ahead(("float32",), ("gemm", "pool", "winograd"), processes=2)()
+    err = capsys.readouterr().err
+    assert "a process compiling the numba kernels (" in err and "exited with status 1" in err

@@ -215,8 +215,16 @@ def compile_ahead(
             for unit, dtype in here:
                 _compile([unit], (dtype,))
         finally:
-            for child in children:
-                child.wait()
+            for child, share in zip(children, others):
+                if child.wait() != 0:
+                    # Nothing is lost (the kernels compile on first use here instead), but say so: a
+                    # child that cannot compile usually means a cache directory it cannot write.
+                    units = ", ".join(sorted({u for u, _ in share}))
+                    print(
+                        f"fastconv: a process compiling the numba kernels ({units}) exited with status "
+                        f"{child.returncode}; they compile on first use instead",
+                        file=sys.stderr,
+                    )
 
     return finish
 
