@@ -81,7 +81,7 @@ def mpiexec() -> list[str]:
     if reason:
         if os.environ.get("CI"):
             pytest.fail(f"CI must run the MPI tests: {reason}")
-        pytest.skip(reason)
+        pytest.skip(f"the optional MPI extra is not installed: {reason}")
     version = subprocess.run(
         [str(MPIEXEC), "--version"], capture_output=True, text=True, timeout=30, check=False
     ).stdout

@@ -333,7 +333,7 @@ def load_keras_weights(model: Sequential, path: str | os.PathLike[str]) -> None:
     missing = [f"{layer.name!r} ({p})" for p, layer in ours if p not in groups]
     if missing:
         raise ValueError(f"{path}: the file has no weights for the model's layers {', '.join(missing)}")
-    values: list[np.ndarray] = []
+    values: dict[str, np.ndarray] = {}  # fastconv's parameter names: '<layer>.<key>'
     for p, layer in ours:
         keras_name, arrays = groups[p]
         variables = _variables(layer)
@@ -348,11 +348,8 @@ def load_keras_weights(model: Sequential, path: str | os.PathLike[str]) -> None:
             want = _to_keras(layer, key, to_host(layer.params[key])).shape
             if a.shape != want:
                 raise ValueError(f"{what}: {name} has shape {a.shape} in the file, the model needs {want}")
-            values.append(np.ascontiguousarray(_from_keras(layer, key, a)))
-    by_key = {f"{layer.name}.{key}": None for _, layer in ours for _, key in _variables(layer)}
-    if list(by_key) != list(model.params):  # pragma: no cover - every parameter belongs to a Keras variable
-        raise AssertionError(f"parameters {list(model.params)} are not the Keras variables {list(by_key)}")
-    model.set_weights(values)
+            values[f"{layer.name}.{key}"] = np.ascontiguousarray(_from_keras(layer, key, a))
+    model.set_params(values)
 
 
 # -- a model from a .keras file ---------------------------------------------------------------------------
